@@ -1,0 +1,160 @@
+"""The ``cardioseg`` command line: a thin Typer adapter over the engine.
+
+Heavy imports (torch, the engine) happen inside the commands, so ``--help`` is instant.
+Engine errors (``CardiosegError``) become one line on stderr and exit code 1.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from cardioseg import __version__
+from cardioseg.errors import CardiosegError
+
+app = typer.Typer(
+    name="cardioseg",
+    help="Segment short-axis cardiac cine MRI and report volumes, EF and myocardial mass.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"cardioseg: error: {message}", err=True)
+    return typer.Exit(code=1)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"cardioseg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = None,
+) -> None:
+    """cardioseg: short-axis cardiac cine MRI -> masks + clinical report."""
+
+
+@app.command()
+def predict(
+    inputs: Annotated[
+        Optional[list[Path]],
+        typer.Argument(help="NIfTI 3D frames or 4D cines, or ACDC-style patient folders (with Info.cfg)."),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (created if needed).")] = Path("cardioseg_out"),
+    ed: Annotated[Optional[Path], typer.Option("--ed", help="End-diastolic 3D frame of a study (with --es).")] = None,
+    es: Annotated[Optional[Path], typer.Option("--es", help="End-systolic 3D frame of a study (with --ed).")] = None,
+    study: Annotated[Optional[str], typer.Option("--study", help="Name of the --ed/--es study (default: their common stem).")] = None,
+    weights: Annotated[Optional[str], typer.Option("--weights", "-w", help="Registered weights name or a checkpoint path.")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N")] = "auto",
+    precision: Annotated[str, typer.Option("--precision", help="auto (bf16 where the hardware has it) | bf16 | fp32")] = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="2D slices per forward pass.")] = 16,
+    ed_frame: Annotated[Optional[int], typer.Option("--ed-frame", min=0, help="0-based ED frame of a 4D cine (default: largest LV volume).")] = None,
+    es_frame: Annotated[Optional[int], typer.Option("--es-frame", min=0, help="0-based ES frame of a 4D cine (default: smallest LV volume).")] = None,
+    myo_density: Annotated[float, typer.Option("--myo-density", help="Myocardial density in g/mL for LV mass.")] = 1.05,
+    height_cm: Annotated[Optional[float], typer.Option("--height-cm", help="Height for BSA indexing (overrides Info.cfg).")] = None,
+    weight_kg: Annotated[Optional[float], typer.Option("--weight-kg", help="Weight for BSA indexing (overrides Info.cfg).")] = None,
+    no_postprocess: Annotated[bool, typer.Option("--no-postprocess", help="Skip the largest-connected-component clean-up.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table.")] = False,
+) -> None:
+    """Segment images and write DIR/X_seg.nii.gz, DIR/X_report.json and DIR/summary.csv."""
+    from cardioseg.pipeline import StudyOptions, plan_studies
+
+    if not inputs and ed is None and es is None:
+        typer.echo("cardioseg predict: give INPUT files/folders or --ed FILE --es FILE (see --help)", err=True)
+        raise typer.Exit(code=2)
+    try:
+        studies = plan_studies(list(inputs or []), ed, es, study)
+        options = StudyOptions(myo_density, ed_frame, es_frame, height_cm, weight_kg)
+        if myo_density <= 0:
+            raise _fail(f"--myo-density must be positive, got {myo_density}")
+        results = _predict(studies, out, options, weights, device, precision, batch_size, not no_postprocess, quiet)
+    except CardiosegError as exc:
+        raise _fail(str(exc)) from None
+    failed = [r for r in results if r.error]
+    for r in failed:
+        typer.echo(f"cardioseg: error: {r.study.name}: {r.error}", err=True)
+    if not quiet:
+        _print_results([r for r in results if r.report], out)
+    if failed:
+        raise typer.Exit(code=1)
+
+
+def _predict(studies, out, options, weights, device, precision, batch_size, postprocess, quiet):  # type: ignore[no-untyped-def]
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from cardioseg.inference import PredictOptions, Predictor
+    from cardioseg.pipeline import run_predict
+    from cardioseg.weights import load_weights
+
+    predictor = Predictor(
+        load_weights(weights),
+        PredictOptions(device=device, precision=precision, batch_size=batch_size, postprocess=postprocess),
+    )
+    show = not quiet and sys.stderr.isatty()
+    from rich.console import Console
+
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=Console(stderr=True), disable=not show, transient=True,
+    ) as bar:  # fmt: skip
+        task = bar.add_task("segmenting", total=len(studies))
+        current: dict[str, object] = {}
+
+        def progress(study, t):  # type: ignore[no-untyped-def]
+            if current.get("name") != study.name:
+                current["name"] = study.name
+            bar.update(task, description=f"{study.name} frame {t}")
+
+        results = []
+        for s in studies:
+            results += run_predict([s], predictor, out, options, progress)
+            bar.advance(task)
+    return results
+
+
+def _print_results(results, out: Path) -> None:  # type: ignore[no-untyped-def]
+    from rich.console import Console
+    from rich.table import Table
+
+    if not results:
+        return
+    table = Table(title=f"cardioseg predict -> {out}", show_lines=False)
+    cols = [("study", "study"), ("ED/ES", None), ("LV EDV mL", "lv_edv_ml"), ("LV ESV mL", "lv_esv_ml"),
+            ("LV EF %", "lv_ef_pct"), ("RV EDV mL", "rv_edv_ml"), ("RV EF %", "rv_ef_pct"),
+            ("LV mass g", "lv_mass_g"), ("QC", None)]  # fmt: skip
+    for title, _ in cols:
+        table.add_column(title, justify="left" if title in {"study", "QC"} else "right")
+
+    def fmt(v: object) -> str:
+        return "-" if v is None or (isinstance(v, float) and v != v) else (f"{v:.1f}" if isinstance(v, float) else str(v))
+
+    for r in results:
+        rep = r.report
+        row = []
+        for title, key in cols:
+            if title == "ED/ES":
+                row.append("-" if rep["ed_frame"] is None else f"{rep['ed_frame']}/{rep['es_frame']}")
+            elif title == "QC":
+                row.append(", ".join(rep["qc_flags"]) or "ok")
+            else:
+                row.append(fmt(rep.get(key)))
+        table.add_row(*row)
+    Console().print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

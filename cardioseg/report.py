@@ -1,0 +1,135 @@
+"""Reports as pure functions of results, and their atomic JSON/CSV writers."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import platform
+from pathlib import Path
+from typing import Any
+
+from cardioseg import __version__
+from cardioseg.clinical import FrameVolumes
+from cardioseg.io import write_text_atomic
+
+SUMMARY_COLUMNS = [
+    "study", "inputs", "ed_frame", "es_frame",
+    "lv_edv_ml", "lv_esv_ml", "lv_sv_ml", "lv_ef_pct",
+    "rv_edv_ml", "rv_esv_ml", "rv_sv_ml", "rv_ef_pct",
+    "lv_mass_g", "bsa_m2", "lv_edvi_ml_m2", "lv_esvi_ml_m2", "rv_edvi_ml_m2", "rv_esvi_ml_m2",
+    "lv_mass_index_g_m2", "qc_flags", "report",
+]  # fmt: skip
+
+
+def versions() -> dict[str, str]:
+    import numpy
+
+    out = {"cardioseg": __version__, "python": platform.python_version(), "numpy": numpy.__version__}
+    try:
+        import torch
+
+        out["torch"] = torch.__version__
+    except ImportError:  # pragma: no cover - torch is a core dependency
+        pass
+    return out
+
+
+def build_report(
+    *,
+    study: str,
+    inputs: list[str],
+    masks: list[str],
+    kind: str,
+    frame_volumes: list[FrameVolumes],
+    ed_frame: int | None,
+    es_frame: int | None,
+    measures: dict[str, float | None],
+    qc_flags: list[str],
+    label_map: dict[str, int],
+    myo_density_g_ml: float,
+    weights: dict[str, str],
+    device: str,
+    precision: str,
+    runtime_s: float,
+    image: dict[str, Any],
+    subject: dict[str, Any],
+) -> dict[str, Any]:
+    """The JSON report of one study (plain types only; NaN becomes null when written).
+
+    ``kind`` is "cine" (one 4D input; ``ed_frame``/``es_frame`` are 0-based indices into its
+    time axis), "pair" (an ED and an ES 3D frame: frame 0 is ED, frame 1 is ES) or "frame"
+    (one 3D frame: volumes only, no EF).
+    """
+    return {
+        "study": study,
+        "kind": kind,
+        "inputs": inputs,
+        "masks": masks,
+        "ed_frame": ed_frame,
+        "es_frame": es_frame,
+        **measures,
+        "frames": [
+            {"frame": t, "lv_ml": v.lv_ml, "rv_ml": v.rv_ml, "myo_ml": v.myo_ml} for t, v in enumerate(frame_volumes)
+        ],
+        "qc_flags": qc_flags,
+        "label_map": label_map,
+        "myo_density_g_ml": myo_density_g_ml,
+        "subject": subject,
+        "image": image,
+        "weights": weights,
+        "versions": versions(),
+        "device": device,
+        "precision": precision,
+        "runtime_s": runtime_s,
+    }
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def write_report(report: dict[str, Any], path: Path) -> None:
+    write_text_atomic(json.dumps(_clean(report), indent=2) + "\n", path)
+
+
+def summary_row(report: dict[str, Any], report_path: Path) -> dict[str, str]:
+    row: dict[str, str] = {}
+    for col in SUMMARY_COLUMNS:
+        if col == "inputs":
+            row[col] = ";".join(report["inputs"])
+        elif col == "qc_flags":
+            row[col] = ";".join(report["qc_flags"])
+        elif col == "report":
+            row[col] = report_path.name
+        else:
+            v = report.get(col)
+            row[col] = "" if v is None or (isinstance(v, float) and not math.isfinite(v)) else (
+                f"{v:.3f}" if isinstance(v, float) else str(v)
+            )
+    return row
+
+
+def update_summary(rows: list[dict[str, str]], path: Path) -> None:
+    """Merge rows into ``summary.csv`` (one row per study; a study seen again is replaced)."""
+    existing: dict[str, dict[str, str]] = {}
+    if path.is_file():
+        with open(path, newline="") as f:
+            for r in csv.DictReader(f):
+                if "study" in r:
+                    existing[r["study"]] = {c: r.get(c, "") or "" for c in SUMMARY_COLUMNS}
+    for r in rows:
+        existing[r["study"]] = r
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for study in sorted(existing):
+        writer.writerow(existing[study])
+    write_text_atomic(buf.getvalue(), path)

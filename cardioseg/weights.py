@@ -1,0 +1,189 @@
+"""Self-describing, verified checkpoints: resolve a name or path, check sha256, load, build.
+
+A checkpoint is a ``torch.save``'d dict of plain types and tensors (loadable with
+``weights_only=True``)::
+
+    format        "cardioseg-weights/1"
+    name          registry name, e.g. "unet2d-acdc"
+    architecture  {"name": registry key, "kwargs": constructor arguments}
+    preprocess    PreprocessConfig as a dict
+    label_map     {"background": 0, "rv": 1, "myo": 2, "lv": 3}
+    training      what data and recipe produced it
+    validation    metrics measured on held-out data
+    license       the license the weights inherit from their training data
+    state_sha256  sha256 of the state dict's tensors (checked on every load)
+    state_dict    parameter tensors (fp16 for floating point)
+
+Shipped weights are also listed in ``weights/registry.json`` with the sha256 of the whole
+file, checked when they are loaded by name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cardioseg.errors import WeightsError
+from cardioseg.labels import LabelMap, label_map_from_dict
+from cardioseg.preprocess import PreprocessConfig
+
+FORMAT = "cardioseg-weights/1"
+DEFAULT_WEIGHTS = "unet2d-acdc"
+
+
+def weights_dir() -> Path:
+    """Where shipped weights live: $CARDIOSEG_WEIGHTS_DIR, the source tree, or the install prefix."""
+    env = os.environ.get("CARDIOSEG_WEIGHTS_DIR")
+    if env:
+        return Path(env)
+    source = Path(__file__).resolve().parent.parent / "weights"
+    if (source / "registry.json").is_file():
+        return source
+    return Path(sys.prefix) / "share" / "cardioseg" / "weights"
+
+
+def registry() -> dict[str, dict[str, str]]:
+    """``{name: {"file": ..., "sha256": ...}}`` of the shipped weights."""
+    path = weights_dir() / "registry.json"
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text())
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def state_sha256(state_dict: dict[str, Any]) -> str:
+    """sha256 over the names, dtypes, shapes and bytes of a state dict, in sorted order."""
+    h = hashlib.sha256()
+    for key in sorted(state_dict):
+        t = state_dict[key].detach().cpu().contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(-1).view(dtype=_byte_dtype()).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _byte_dtype() -> Any:
+    import torch
+
+    return torch.uint8
+
+
+@dataclass(frozen=True)
+class LoadedWeights:
+    """A verified checkpoint and what it says about itself."""
+
+    name: str
+    path: Path
+    file_sha256: str
+    architecture: dict[str, Any]
+    preprocess: PreprocessConfig
+    label_map: LabelMap
+    meta: dict[str, Any]
+    state_dict: dict[str, Any]
+
+    def build_model(self) -> Any:
+        """The network with these weights, in eval mode, fp32, on the CPU."""
+        from cardioseg.models import build_model
+
+        model = build_model(self.architecture["name"], **self.architecture.get("kwargs", {}))
+        state = {k: v.float() if v.is_floating_point() else v for k, v in self.state_dict.items()}
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise WeightsError(f'"{self.path}" does not fit architecture {self.architecture}: {exc}') from None
+        return model.eval()
+
+
+def resolve(spec: str | os.PathLike[str] | None) -> tuple[Path, str | None]:
+    """A registry name or a file path -> (path, expected file sha256 or None)."""
+    spec = DEFAULT_WEIGHTS if spec is None else spec
+    reg = registry()
+    if isinstance(spec, str) and spec in reg:
+        entry = reg[spec]
+        return weights_dir() / entry["file"], entry["sha256"]
+    path = Path(spec)
+    if path.is_file():
+        return path, None
+    names = ", ".join(sorted(reg)) or "none installed"
+    raise WeightsError(f'Weights "{spec}" not found: not a file and not a registered name ({names})')
+
+
+def load_weights(spec: str | os.PathLike[str] | None = None) -> LoadedWeights:
+    """Resolve, verify and load a checkpoint (``weights_only=True``)."""
+    import torch
+
+    path, expected = resolve(spec)
+    if not path.is_file():
+        raise WeightsError(f'Weights file missing: "{path}" (reinstall cardioseg or pass --weights PATH)')
+    digest = sha256_file(path)
+    if expected is not None and digest != expected:
+        raise WeightsError(f'Weights "{path}" fail their checksum (sha256 {digest[:12]}…, expected {expected[:12]}…)')
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means unusable weights
+        raise WeightsError(f'"{path}" is not a loadable cardioseg checkpoint ({type(exc).__name__}: {exc})') from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise WeightsError(f'"{path}" is not a {FORMAT} checkpoint')
+    if state_sha256(ckpt["state_dict"]) != ckpt.get("state_sha256"):
+        raise WeightsError(f'"{path}": parameters do not match their recorded sha256 (corrupted?)')
+    meta = {k: v for k, v in ckpt.items() if k not in {"state_dict"}}
+    return LoadedWeights(
+        name=str(ckpt.get("name", path.stem)),
+        path=path,
+        file_sha256=digest,
+        architecture=ckpt["architecture"],
+        preprocess=PreprocessConfig.from_dict(ckpt["preprocess"]),
+        label_map=label_map_from_dict(ckpt["label_map"], name=ckpt.get("label_map_name", "acdc")),
+        meta=meta,
+        state_dict=ckpt["state_dict"],
+    )
+
+
+def export_weights(
+    model: Any,
+    path: Path,
+    *,
+    name: str,
+    architecture: dict[str, Any],
+    preprocess: PreprocessConfig,
+    label_map: LabelMap,
+    training: dict[str, Any],
+    validation: dict[str, Any],
+    license: str,
+) -> str:
+    """Save a model as a self-describing fp16 checkpoint; returns the file's sha256."""
+    import torch
+
+    from cardioseg.io import atomic_path
+
+    state = {
+        k: (v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu())
+        for k, v in model.state_dict().items()
+    }
+    ckpt = {
+        "format": FORMAT,
+        "name": name,
+        "architecture": architecture,
+        "preprocess": preprocess.to_dict(),
+        "label_map": label_map.as_dict(),
+        "label_map_name": label_map.name,
+        "training": training,
+        "validation": validation,
+        "license": license,
+        "state_sha256": state_sha256(state),
+        "state_dict": state,
+    }
+    with atomic_path(Path(path)) as tmp:
+        torch.save(ckpt, tmp)
+    return sha256_file(Path(path))
