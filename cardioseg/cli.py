@@ -133,7 +133,7 @@ def _print_results(results, out: Path) -> None:  # type: ignore[no-untyped-def]
             ("LV EF %", "lv_ef_pct"), ("RV EDV mL", "rv_edv_ml"), ("RV EF %", "rv_ef_pct"),
             ("LV mass g", "lv_mass_g"), ("QC", None)]  # fmt: skip
     for title, _ in cols:
-        table.add_column(title, justify="left" if title in {"study", "QC"} else "right")
+        table.add_column(title, justify="left" if title in {"study", "QC"} else "right", no_wrap=title == "study")
 
     def fmt(v: object) -> str:
         return "-" if v is None or (isinstance(v, float) and v != v) else (f"{v:.1f}" if isinstance(v, float) else str(v))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import string
 import tempfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -238,6 +239,9 @@ def atomic_path(final: Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp, final)
     finally:
         if tmp.exists():
@@ -274,5 +278,7 @@ def study_name(ed: Path, es: Path) -> str:
     """Name of an ED/ES pair: the common stem ``patient001`` of ``patient001_frame01/12``."""
     a, b = strip_image_suffix(ed.name), strip_image_suffix(es.name)
     prefix = os.path.commonprefix([a, b])
+    if a[len(prefix) : len(prefix) + 1].isalpha():  # ends inside a word ("case7_e" of _ed/_es)
+        prefix = prefix.rstrip(string.ascii_letters)
     prefix = _FRAME_RE.sub("", prefix.rstrip("0123456789")).rstrip("_-. ")
     return prefix or "study"

@@ -29,7 +29,7 @@ class PhantomSpec:
     wall_mm: float = 9.0  # myocardial thickness
     rv_offset_mm: float = 38.0  # RV centre from LV centre, towards -X
     rv_radius_ed_mm: tuple[float, float] = (30.0, 42.0)  # RV ellipse semi-axes (X, Y), ED
-    rv_radius_es_mm: tuple[float, float] = (22.0, 36.0)
+    rv_radius_es_mm: tuple[float, float] = (19.0, 31.0)
     rv_length_mm: float = 70.0
     noise: float = 0.03  # noise std relative to blood signal
     bias: float = 0.25  # amplitude of the multiplicative bias field

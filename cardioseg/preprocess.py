@@ -43,9 +43,9 @@ def normalize_intensity(frame: np.ndarray, low_pct: float = 1.0, high_pct: float
     True
     """
     data = np.asarray(frame, dtype=np.float32)
-    lo, hi = np.percentile(data, [low_pct, high_pct])
-    clipped = np.clip(data, lo, hi)
+    lo, hi = (float(v) for v in np.percentile(data, [low_pct, high_pct]))
+    clipped = np.clip(data, np.float32(lo), np.float32(hi))
     mean, std = float(clipped.mean()), float(clipped.std())
     if std < 1e-8:  # a constant image: nothing to see, map to zeros
         return np.zeros_like(clipped), 0.0
-    return (clipped - mean) / std, (float(lo) - mean) / std
+    return ((clipped - mean) / std).astype(np.float32, copy=False), (lo - mean) / std

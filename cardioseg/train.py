@@ -342,7 +342,27 @@ def train(cfg: TrainConfig, log: Any = print) -> Path:
         log(f"epoch {epoch + 1}/{cfg.epochs} loss {np.mean(losses):.4f} {seconds:.0f}s "
             + (f"val dice {val['dice_mean']:.4f} (best {best['dice_mean']:.4f})" if val else ""))
 
+    return export_run(cfg, log)
+
+
+def export_run(cfg: TrainConfig, log: Any = print) -> Path:
+    """Export the best checkpoint of a (finished or interrupted) run as shipped-format weights."""
+    import torch
+
+    from cardioseg.models import build_model
+    from cardioseg.weights import export_weights
+
+    out = Path(cfg.out)
+    best_path = out / "best.pt"
+    if not best_path.is_file():
+        raise ConfigError(f'No best checkpoint in "{out}" yet')
+    patients = acdc_patients(Path(cfg.data))
+    folds = stratified_folds(patients, cfg.n_folds, seed=0)
+    val_names = {p.name for p in patients if folds[p.name] == cfg.val_fold}
+    arch = {"name": "unet2d", "kwargs": {"in_channels": 1, "num_classes": 4, "base": cfg.base_width, "depth": 4}}
+    model = build_model(arch["name"], **arch["kwargs"])
     best_state = torch.load(best_path, map_location="cpu", weights_only=False)
+    best = best_state["best"]
     model.load_state_dict(best_state["model"])
     exported = out / f"{cfg.name}.pt"
     export_weights(

@@ -1,0 +1,154 @@
+"""Largest connected component per label, with slice-gap tolerance (DESIGN.md)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cardioseg.postprocess import keep_largest_components, largest_component
+
+SPACING = (1.25, 1.25, 10.0)  # mm: in-plane 1.25, slice gap 10
+
+
+def disc(shape2d, centre_mm, radius_mm, spacing=SPACING):
+    x = np.arange(shape2d[0])[:, None] * spacing[0]
+    y = np.arange(shape2d[1])[None, :] * spacing[1]
+    return (x - centre_mm[0]) ** 2 + (y - centre_mm[1]) ** 2 <= radius_mm**2
+
+
+def heart_like(shape=(80, 80, 6)):
+    """Main structure: a disc of radius 15 mm on slices 1..4 centred at (50, 50) mm."""
+    m = np.zeros(shape, bool)
+    for k in range(1, 5):
+        m[..., k] = disc(shape[:2], (50.0, 50.0), 15.0)
+    return m
+
+
+def basal_piece(shape=(80, 80, 6)):
+    """A small piece on slice 0 (10 mm from slice 1) whose edge lies 4 mm beyond the main
+    disc's edge in-plane: no voxel of it touches the disc, even 26-connected."""
+    m = np.zeros(shape, bool)
+    # main disc edge at x = 65 mm; the piece spans x in [68.75, 73.75] mm at y = 50 mm
+    m[..., 0] = disc(shape[:2], (71.0, 50.0), 3.0)
+    return m
+
+
+def test_piece_geometry_is_the_slice_gap_case():
+    main, piece = heart_like(), basal_piece()
+    from scipy import ndimage
+
+    # not touching voxel-for-voxel, not even diagonally across the slice gap
+    assert not (ndimage.binary_dilation(main, structure=np.ones((3, 3, 3))) & piece).any()
+    xs_main = np.nonzero(main[:, 40, 1])[0] * SPACING[0]
+    xs_piece = np.nonzero(piece[:, 40, 0])[0] * SPACING[0]
+    gap = xs_piece.min() - xs_main.max()
+    assert 3.5 <= gap <= 5.0, gap  # ~4 mm in-plane shift
+
+
+def test_far_spurious_blob_is_removed():
+    main = heart_like()
+    blob = np.zeros_like(main)
+    blob[2:6, 2:6, 2] = True  # ~60 mm away
+    out = largest_component(main | blob, SPACING)
+    assert np.array_equal(out, main)
+    assert out.dtype == bool
+
+
+def test_basal_piece_across_a_slice_gap_is_kept():
+    main, piece = heart_like(), basal_piece()
+    out = largest_component(main | piece, SPACING, slice_axis=2, tolerance_mm=8.0)
+    assert np.array_equal(out, main | piece)
+
+
+def test_basal_piece_is_dropped_without_tolerance():
+    main, piece = heart_like(), basal_piece()
+    out = largest_component(main | piece, SPACING, slice_axis=2, tolerance_mm=0.0)
+    assert np.array_equal(out, main)
+
+
+def test_piece_and_far_blob_together():
+    main, piece = heart_like(), basal_piece()
+    blob = np.zeros_like(main)
+    blob[70:75, 2:6, 3] = True
+    out = largest_component(main | piece | blob, SPACING)
+    assert np.array_equal(out, main | piece)
+
+
+def test_slice_axis_other_than_the_last():
+    """The same scene stored with the slice axis first: the tolerance must follow it."""
+    main, piece = heart_like(), basal_piece()
+    blob = np.zeros_like(main)
+    blob[2:6, 2:6, 2] = True
+    scene = np.moveaxis(main | piece | blob, 2, 0)
+    spacing = (SPACING[2], SPACING[0], SPACING[1])
+    out = largest_component(scene, spacing, slice_axis=0, tolerance_mm=8.0)
+    assert np.array_equal(out, np.moveaxis(main | piece, 2, 0))
+    out0 = largest_component(scene, spacing, slice_axis=0, tolerance_mm=0.0)
+    assert np.array_equal(out0, np.moveaxis(main, 2, 0))
+
+
+def test_tolerance_is_in_plane_only():
+    """Two pieces on slices 20 mm apart (an empty slice between) are not linked."""
+    m = np.zeros((40, 40, 5), bool)
+    m[10:30, 10:30, 0:2] = True
+    m[10:30, 10:30, 3] = True  # one empty slice in between
+    out = largest_component(m, SPACING, tolerance_mm=8.0)
+    assert out[10:30, 10:30, 0:2].all()
+    assert not out[..., 3].any()
+
+
+def test_empty_and_single_component_masks():
+    empty = np.zeros((5, 5, 3), bool)
+    out = largest_component(empty, SPACING)
+    assert not out.any() and out is not empty
+    one = np.zeros((5, 5, 3), bool)
+    one[1:3, 1:3, 1] = True
+    assert np.array_equal(largest_component(one, SPACING), one)
+
+
+def test_largest_component_does_not_mutate_its_input():
+    m = heart_like() | basal_piece()
+    m[2:6, 2:6, 2] = True
+    before = m.copy()
+    largest_component(m, SPACING, tolerance_mm=0.0)
+    assert np.array_equal(m, before)
+
+
+def test_keep_largest_components_per_label():
+    shape = (80, 80, 6)
+    labels = np.zeros(shape, np.uint8)
+    labels[heart_like(shape)] = 3
+    ring = np.zeros(shape, bool)
+    for k in range(1, 5):
+        ring[..., k] = disc(shape[:2], (50.0, 50.0), 22.0) & ~disc(shape[:2], (50.0, 50.0), 15.0)
+    labels[ring] = 2
+    rv = np.zeros(shape, bool)
+    rv[2:12, 30:70, 1:5] = True
+    labels[rv] = 1
+    expected = labels.copy()
+    # one spurious blob per label, far from its own label's main component
+    labels[70:74, 2:6, 2] = 1
+    labels[2:6, 2:6, 4] = 2
+    labels[70:74, 72:76, 1] = 3
+    before = labels.copy()
+    out = keep_largest_components(labels, SPACING, (1, 2, 3))
+    assert np.array_equal(labels, before), "input must not be modified"
+    assert out.dtype == labels.dtype
+    assert np.array_equal(out, expected)
+
+
+def test_keep_largest_components_only_listed_labels_survive():
+    labels = np.zeros((20, 20, 3), np.uint8)
+    labels[2:8, 2:8, 1] = 1
+    labels[12:18, 12:18, 1] = 2
+    out = keep_largest_components(labels, SPACING, (1,))
+    assert (out == 1).sum() == 36 and not (out == 2).any()
+
+
+@pytest.mark.parametrize("label_value", [1, 2, 3])
+def test_a_label_with_two_equal_halves_keeps_exactly_one(label_value):
+    labels = np.zeros((60, 60, 3), np.uint8)
+    labels[2:10, 2:10, 1] = label_value
+    labels[50:58, 50:58, 1] = label_value
+    out = keep_largest_components(labels, SPACING, (1, 2, 3))
+    assert (out == label_value).sum() == 64
