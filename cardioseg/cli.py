@@ -152,6 +152,37 @@ def _print_results(results, out: Path) -> None:  # type: ignore[no-untyped-def]
     Console().print(table)
 
 
+@app.command()
+def train(
+    data: Annotated[Path, typer.Argument(help="ACDC-style root folder with patientNNN/ (Info.cfg, frames, _gt labels).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: checkpoints, log.csv, exported weights.")],
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs (cosine learning-rate decay over them).")] = 120,
+    val_fold: Annotated[int, typer.Option("--val-fold", min=0, help="Which of the 5 stratified folds to hold out.")] = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 16,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW).")] = 1e-3,
+    base_width: Annotated[int, typer.Option("--base-width", min=1, help="U-Net channels at full resolution.")] = 16,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    cache: Annotated[Path, typer.Option("--cache", help="Model-space slice cache (.npz), built on first use.")] = Path("cache/acdc_model_space.npz"),
+    export_only: Annotated[bool, typer.Option("--export-only", help="Only export the best checkpoint of OUT.")] = False,
+) -> None:
+    """Train the baseline 2D U-Net (CE + Dice) and export self-describing weights.
+
+    Resumes from OUT/last.pt when present; the model with the best validation Dice is kept.
+    """
+    from cardioseg.train import TrainConfig, export_run
+    from cardioseg.train import train as run_training
+
+    cfg = TrainConfig(
+        data=str(data), out=str(out), cache=str(cache), val_fold=val_fold, epochs=epochs,
+        batch_size=batch_size, lr=lr, base_width=base_width, seed=seed,
+    )  # fmt: skip
+    try:
+        path = export_run(cfg) if export_only else run_training(cfg, log=lambda m: typer.echo(m, err=True))
+    except CardiosegError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(str(path))
+
+
 def main() -> None:
     app()
 

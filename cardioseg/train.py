@@ -321,7 +321,7 @@ def train(cfg: TrainConfig, log: Any = print) -> Path:
             loss.backward()
             opt.step()
             sched.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         seconds = time.time() - t_epoch
         val: dict[str, float] = {}
         if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
