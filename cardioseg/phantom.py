@@ -27,9 +27,9 @@ class PhantomSpec:
     lv_length_ed_mm: float = 85.0  # LV cavity long semi-axis (base plane to apex), ED
     lv_length_es_mm: float = 72.0
     wall_mm: float = 9.0  # myocardial thickness
-    rv_offset_mm: float = 38.0  # RV centre from LV centre, towards -X
-    rv_radius_ed_mm: tuple[float, float] = (30.0, 42.0)  # RV ellipse semi-axes (X, Y), ED
-    rv_radius_es_mm: tuple[float, float] = (19.0, 31.0)
+    rv_offset_mm: float = 30.0  # RV centre from LV centre, towards -X
+    rv_radius_ed_mm: tuple[float, float] = (32.0, 46.0)  # RV ellipse semi-axes (X, Y), ED
+    rv_radius_es_mm: tuple[float, float] = (20.0, 33.0)
     rv_length_mm: float = 70.0
     noise: float = 0.03  # noise std relative to blood signal
     bias: float = 0.25  # amplitude of the multiplicative bias field
@@ -72,7 +72,7 @@ def heart_labels(spec: PhantomSpec, t: int) -> np.ndarray:
     ry = spec.rv_radius_es_mm[1] + w * (spec.rv_radius_ed_mm[1] - spec.rv_radius_es_mm[1])
     taper = np.clip(1 - (Z / spec.rv_length_mm) ** 2, 0, None)
     rv_ellipse = ((X + spec.rv_offset_mm) / rx) ** 2 + (Y / ry) ** 2 <= taper
-    septum = (X**2 + Y**2) / (a + wall + 3.0) ** 2 + Z**2 / (c + wall + 3.0) ** 2 <= 1.0
+    septum = (X**2 + Y**2) / (a + wall + 1.0) ** 2 + Z**2 / (c + wall + 1.0) ** 2 <= 1.0
     labels = np.zeros(spec.shape, dtype=np.uint8)
     labels[rv_ellipse & ~septum] = 1
     labels[epi] = 2
