@@ -108,11 +108,7 @@ def _predict(studies, out, options, weights, device, precision, batch_size, post
         console=Console(stderr=True), disable=not show, transient=True,
     ) as bar:  # fmt: skip
         task = bar.add_task("segmenting", total=len(studies))
-        current: dict[str, object] = {}
-
         def progress(study, t):  # type: ignore[no-untyped-def]
-            if current.get("name") != study.name:
-                current["name"] = study.name
             bar.update(task, description=f"{study.name} frame {t}")
 
         results = []
