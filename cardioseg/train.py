@@ -212,6 +212,11 @@ class TrainConfig:
     name: str = "unet2d-acdc"
 
 
+def architecture(cfg: TrainConfig) -> dict[str, Any]:
+    """The registry name and constructor arguments of the network a config trains."""
+    return {"name": "unet2d", "kwargs": {"in_channels": 1, "num_classes": 4, "base": cfg.base_width, "depth": 4}}
+
+
 def _predict_slices(model: Any, slices: np.ndarray, device: str, batch: int = 32) -> np.ndarray:
     import torch
 
@@ -247,7 +252,6 @@ def train(cfg: TrainConfig, log: Any = print) -> Path:
     import torch
 
     from cardioseg.models import build_model
-    from cardioseg.weights import export_weights
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -274,7 +278,7 @@ def train(cfg: TrainConfig, log: Any = print) -> Path:
     images_t = torch.from_numpy(cache["images"].astype(np.float32))[:, None]
     labels_t = torch.from_numpy(labels_all)
 
-    arch = {"name": "unet2d", "kwargs": {"in_channels": 1, "num_classes": 4, "base": cfg.base_width, "depth": 4}}
+    arch = architecture(cfg)
     model = build_model(arch["name"], **arch["kwargs"]).to(device).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, len(train_slices) // cfg.batch_size)
@@ -359,7 +363,7 @@ def export_run(cfg: TrainConfig, log: Any = print) -> Path:
     patients = acdc_patients(Path(cfg.data))
     folds = stratified_folds(patients, cfg.n_folds, seed=0)
     val_names = {p.name for p in patients if folds[p.name] == cfg.val_fold}
-    arch = {"name": "unet2d", "kwargs": {"in_channels": 1, "num_classes": 4, "base": cfg.base_width, "depth": 4}}
+    arch = architecture(cfg)
     model = build_model(arch["name"], **arch["kwargs"])
     best_state = torch.load(best_path, map_location="cpu", weights_only=False)
     best = best_state["best"]
