@@ -179,6 +179,137 @@ def train(
     typer.echo(str(path))
 
 
+
+@app.command()
+def evaluate(
+    pred: Annotated[Path, typer.Argument(help="Predicted mask, or a folder of them (searched recursively).")],
+    ref: Annotated[Path, typer.Argument(help="Reference mask, or a folder of them (e.g. an ACDC root).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for metrics.csv, summary.json, ...")] = Path("cardioseg_eval"),
+    labels: Annotated[str, typer.Option("--labels", help="Label preset of the predictions: acdc | mnms | ukbb.")] = "acdc",
+    ref_labels: Annotated[Optional[str], typer.Option("--ref-labels", help="Label preset of the references (default: --labels).")] = None,
+    pred_suffix: Annotated[Optional[list[str]], typer.Option("--pred-suffix", help="Name suffix of prediction files before .nii.gz (repeatable; default: _seg, _pred, none).")] = None,
+    ref_suffix: Annotated[Optional[list[str]], typer.Option("--ref-suffix", help="Name suffix of reference files (repeatable; default: _gt, _seg, _label, none).")] = None,
+    pairs: Annotated[Optional[Path], typer.Option("--pairs", help="CSV with columns study,ed,es[,group] naming the ED/ES cases of each study.")] = None,
+    compare: Annotated[Optional[Path], typer.Option("--compare", help="A second method's predictions: adds paired Wilcoxon tests (compare.csv).")] = None,
+    plots: Annotated[bool, typer.Option("--plots", help="Bland-Altman and Dice box plots as PNG (needs matplotlib).")] = False,
+    myo_density: Annotated[float, typer.Option("--myo-density", help="Myocardial density in g/mL for LV mass.")] = 1.05,
+    no_regional: Annotated[bool, typer.Option("--no-regional", help="Skip apical/mid/basal Dice.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table.")] = False,
+) -> None:
+    """Score masks against references: Dice, Jaccard, HD, HD95, ASSD, MSD per structure and
+    phase, apical/mid/basal Dice, per-group summaries and clinical agreement (EF, volumes, mass).
+    """
+    from cardioseg.evaluation import PRED_SUFFIXES, REF_SUFFIXES
+
+    try:
+        if myo_density <= 0:
+            raise _fail(f"--myo-density must be positive, got {myo_density}")
+        if plots:
+            from cardioseg.plots import require_matplotlib
+
+            require_matplotlib()
+        code = _evaluate(
+            pred, ref, out, labels, ref_labels or labels, tuple(pred_suffix or PRED_SUFFIXES),
+            tuple(ref_suffix or REF_SUFFIXES), pairs, compare, plots, myo_density, not no_regional, quiet,
+        )  # fmt: skip
+    except CardiosegError as exc:
+        raise _fail(str(exc)) from None
+    if code:
+        raise typer.Exit(code=code)
+
+
+def _evaluate(pred, ref, out, labels, ref_labels, pred_suffixes, ref_suffixes, pairs, compare, plots, density, regional, quiet):  # type: ignore[no-untyped-def]
+    import time
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from cardioseg import evaluation as E
+    from cardioseg.labels import get_label_map
+
+    t0 = time.perf_counter()
+    options = E.EvaluateOptions(get_label_map(labels), get_label_map(ref_labels), regional)
+    pairing = E.pair_files(pred, ref, pred_suffixes, ref_suffixes)
+    pairs_map = E.read_pairs_csv(pairs) if pairs is not None else None
+    cases = E.describe_cases(pairing.cases, pairs_map)
+    pairing_b = E.pair_files(compare, ref, pred_suffixes, ref_suffixes) if compare is not None else None
+    err = Console(stderr=True)
+    for side, paths in (("prediction", pairing.unmatched_pred), ("reference", pairing.unmatched_ref)):
+        if paths:
+            err.print(f"cardioseg: note: {len(paths)} {side} file(s) without a partner, skipped (e.g. {paths[0]})", highlight=False, markup=False, soft_wrap=True)
+    show = not quiet and sys.stderr.isatty()
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=err, disable=not show, transient=True,
+    ) as bar:  # fmt: skip
+        n_total = len(cases) + (len(pairing_b.cases) if pairing_b else 0)
+        task = bar.add_task("evaluating", total=n_total)
+        ev = E.evaluate(cases, options, density, progress=lambda r: bar.advance(task))
+        if pairing_b is not None:
+            ev_b = E.evaluate(E.describe_cases(pairing_b.cases, pairs_map), options, density, progress=lambda r: bar.advance(task))
+            ev.compare = E.compare_rows(ev.rows, ev_b.rows)
+    extra = {
+        "pred": str(pred), "ref": str(ref), "compare_with": str(compare) if compare else None,
+        "unmatched_pred": [str(p) for p in pairing.unmatched_pred],
+        "unmatched_ref": [str(p) for p in pairing.unmatched_ref],
+        "compare": ev.compare, "wall_seconds": time.perf_counter() - t0,
+    }  # fmt: skip
+    written = E.write_evaluation(ev, out, extra)
+    if plots:
+        from cardioseg.plots import write_plots
+
+        written += write_plots(ev, out / "plots")
+    for r in ev.errors:
+        err.print(f"cardioseg: error: {r.case.key}: {r.error}", highlight=False, markup=False)
+    if not quiet:
+        _print_evaluation(ev, out)
+    return 1 if ev.errors else 0
+
+
+def _print_evaluation(ev, out: Path) -> None:  # type: ignore[no-untyped-def]
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    def mean(d: dict, digits: int = 2) -> str:
+        if not d or d["n"] == 0:
+            return "-" if not d or not d["n_inf"] else "inf"
+        return f"{d['mean']:.{digits}f}" + ("*" if d.get("n_inf") else "")
+
+    console = Console()
+    summary = ev.summary
+    table = Table(
+        title=f"cardioseg evaluate -> {out}  ({summary['n_frames']} frames)", box=box.SIMPLE,
+        caption="means over frames; distances in mm; * some frames miss a structure on one side (inf, left out); "
+        "SD, median and more in summary.json",
+    )  # fmt: skip
+    for col in ("phase", "structure", "n", "Dice", "Jaccard", "HD95", "ASSD", "MSD", "HD"):
+        table.add_column(col, justify="left" if col in {"phase", "structure"} else "right")
+    for phase, labels in summary["by_phase"].items():
+        for label, m in labels.items():
+            table.add_row(
+                phase, label, str(m["dice"]["n"] + m["dice"]["n_nan"]), mean(m["dice"], 3), mean(m["jaccard"], 3),
+                mean(m["hd95_mm"]), mean(m["assd_mm"]), mean(m["msd_mm"]), mean(m["hd_mm"]),
+            )  # fmt: skip
+    console.print(table)
+    if summary["clinical"]:
+        t = Table(title=f"clinical agreement, prediction - reference ({len(ev.clinical)} studies)", box=box.SIMPLE)
+        for col in ("measure", "n", "r", "bias", "95 % limits", "MAE"):
+            t.add_column(col, justify="left" if col == "measure" else "right")
+        for key, a in summary["clinical"].items():
+            t.add_row(key, str(a["n"]), f"{a['pearson_r']:.3f}", f"{a['bias']:+.2f}",
+                      f"{a['loa_low']:+.1f} … {a['loa_high']:+.1f}", f"{a['mae']:.2f}")  # fmt: skip
+        console.print(t)
+    if ev.compare:
+        t = Table(title="A vs B, paired Wilcoxon signed-rank (all metrics in compare.csv)", box=box.SIMPLE)
+        for col in ("phase", "structure", "metric", "n", "mean A", "mean B", "p"):
+            t.add_column(col, justify="left" if col in {"phase", "structure", "metric"} else "right")
+        for r in ev.compare:
+            if r["metric"] in ("dice", "hd95_mm"):
+                t.add_row(r["phase"], r["label"], r["metric"], str(r["n_pairs"]), f"{r['mean_a']:.3f}",
+                          f"{r['mean_b']:.3f}", f"{r['p_value']:.2g}")  # fmt: skip
+        console.print(t)
+
 def main() -> None:
     app()
 
