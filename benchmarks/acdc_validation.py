@@ -3,10 +3,11 @@
     python benchmarks/acdc_validation.py --out runs/acdc_validation [--weights NAME|PATH]
 
 Reads ../shared/data/acdc (skips with a message when absent). The validation patients are the
-ones recorded in the weights' own training metadata. For every ED/ES frame: native-resolution
-3D Dice per label; per patient LV/RV EF and LV mass from the prediction vs the reference
-labels; the median seconds per 3D frame with the model loaded; and how many voxels bf16
-inference labels identically to fp32.
+ones recorded in the weights' own training metadata. Every ED/ES frame is segmented with the
+model loaded once (the median seconds per 3D frame are recorded) and written to OUT/pred;
+the masks are then scored with the engine of ``cardioseg evaluate`` (OUT/eval: metrics.csv,
+clinical.csv, summary.json). Also recorded: how many voxels bf16 inference labels identically
+to fp32, and the wall time of one whole ``cardioseg predict`` process on an ED/ES pair.
 """
 
 from __future__ import annotations
@@ -20,27 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "acdc"
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    s = int(a.sum()) + int(b.sum())
-    return float("nan") if s == 0 else 2.0 * int((a & b).sum()) / s
-
-
-def agreement(pred: list[float], ref: list[float]) -> dict[str, float]:
-    p, r = np.array(pred), np.array(ref)
-    d = p - r
-    return {
-        "pearson_r": float(np.corrcoef(p, r)[0, 1]),
-        "bias": float(d.mean()),
-        "loa_low": float(d.mean() - 1.96 * d.std(ddof=1)),
-        "loa_high": float(d.mean() + 1.96 * d.std(ddof=1)),
-        "mae": float(np.abs(d).mean()),
-    }
 
 
 def main() -> int:
@@ -57,9 +40,9 @@ def main() -> int:
 
     import torch
 
-    from cardioseg.clinical import clinical_measures, frame_volumes
+    from cardioseg.evaluation import EvaluateOptions, describe_cases, evaluate, pair_files, write_evaluation
     from cardioseg.inference import PredictOptions, Predictor
-    from cardioseg.io import read_info_cfg, read_volume
+    from cardioseg.io import read_info_cfg, read_volume, write_mask
     from cardioseg.weights import load_weights
 
     weights = load_weights(args.weights)
@@ -67,43 +50,35 @@ def main() -> int:
     patients = weights.meta["training"]["val_patients"]
     pred_bf16 = Predictor(weights, PredictOptions(device="cpu"))
     pred_fp32 = None if args.skip_fp32 else Predictor(weights, PredictOptions(device="cpu", precision="fp32"))
-    rows, clin, seconds = [], [], []
+    seconds: list[float] = []
     same = total = 0
+    pred_dir = Path(args.out) / "pred"
     for name in patients:
         info = read_info_cfg(data / name / "Info.cfg")
-        vols = {}
-        for phase, number in (("ED", info.ed), ("ES", info.es)):
-            stem = data / name / f"{name}_frame{number:02d}"
-            img = read_volume(f"{stem}.nii.gz")
-            ref = np.asarray(read_volume(f"{stem}_gt.nii.gz").data).astype(np.uint8)
+        for number in (info.ed, info.es):
+            stem = f"{name}_frame{number:02d}"
+            img = read_volume(data / name / f"{stem}.nii.gz")
             t0 = time.perf_counter()
             mask = pred_bf16.predict_frame(img.data, img.affine)
             seconds.append(time.perf_counter() - t0)
+            write_mask(mask, img, pred_dir / f"{stem}_seg.nii.gz")
             if pred_fp32 is not None:
                 m32 = pred_fp32.predict_frame(img.data, img.affine)
                 same += int((m32 == mask).sum())
                 total += mask.size
-            row = {"patient": name, "group": info.group, "phase": phase}
-            for label, k in lm.structures.items():
-                row[f"dice_{label}"] = dice(mask == k, ref == k)
-            rows.append(row)
-            vols[phase] = (
-                frame_volumes(mask, img.voxel_volume_ml, lm),
-                frame_volumes(ref, img.voxel_volume_ml, lm),
-            )
-        p = clinical_measures(vols["ED"][0], vols["ES"][0])
-        r = clinical_measures(vols["ED"][1], vols["ES"][1])
-        clin.append({"patient": name, **{f"pred_{k}": p[k] for k in ("lv_ef_pct", "rv_ef_pct", "lv_mass_g", "lv_edv_ml", "lv_esv_ml")},
-                     **{f"ref_{k}": r[k] for k in ("lv_ef_pct", "rv_ef_pct", "lv_mass_g", "lv_edv_ml", "lv_esv_ml")}})
-        print(f"{name}: " + " ".join(f"{x['phase']} " + "/".join(f"{x[f'dice_{s}']:.3f}" for s in lm.structures) for x in rows[-2:]), flush=True)
+        print(f"{name}: segmented", flush=True)
 
+    ev = evaluate(describe_cases(pair_files(pred_dir, data).cases), EvaluateOptions(lm, lm))
+    write_evaluation(ev, Path(args.out) / "eval")
+    by_phase = ev.summary["by_phase"]
     summary: dict[str, object] = {"weights": weights.name, "sha256": weights.file_sha256, "patients": patients}
     for phase in ("ED", "ES"):
         for label in lm.structures:
-            summary[f"dice_{label}_{phase.lower()}"] = float(np.nanmean([r[f"dice_{label}"] for r in rows if r["phase"] == phase]))
-    summary["dice_mean_3_structures"] = float(np.mean([np.nanmean([r[f"dice_{s}"] for r in rows]) for s in lm.structures]))
+            for m in ("dice", "hd95_mm", "assd_mm"):
+                summary[f"{m}_{label}_{phase.lower()}"] = by_phase[phase][label][m]["mean"]
+    summary["dice_mean_3_structures"] = ev.summary["all"]["average"]["dice"]["mean"]
     for key in ("lv_ef_pct", "rv_ef_pct", "lv_mass_g", "lv_edv_ml", "lv_esv_ml"):
-        summary[key] = agreement([c[f"pred_{key}"] for c in clin], [c[f"ref_{key}"] for c in clin])
+        summary[key] = ev.summary["clinical"][key]
     summary["seconds_per_frame_median"] = statistics.median(seconds)
     summary["precision"] = pred_bf16.precision
     summary["torch_threads"] = torch.get_num_threads()
@@ -125,8 +100,6 @@ def main() -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "per_frame.json").write_text(json.dumps(rows, indent=1))
-    (out / "clinical.json").write_text(json.dumps(clin, indent=1))
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary, indent=1))
     return 0

@@ -233,6 +233,7 @@ def _evaluate(pred, ref, out, labels, ref_labels, pred_suffixes, ref_suffixes, p
     pairs_map = E.read_pairs_csv(pairs) if pairs is not None else None
     cases = E.describe_cases(pairing.cases, pairs_map)
     pairing_b = E.pair_files(compare, ref, pred_suffixes, ref_suffixes) if compare is not None else None
+    ev_b = None
     err = Console(stderr=True)
     for side, paths in (("prediction", pairing.unmatched_pred), ("reference", pairing.unmatched_ref)):
         if paths:
@@ -248,11 +249,14 @@ def _evaluate(pred, ref, out, labels, ref_labels, pred_suffixes, ref_suffixes, p
         if pairing_b is not None:
             ev_b = E.evaluate(E.describe_cases(pairing_b.cases, pairs_map), options, density, progress=lambda r: bar.advance(task))
             ev.compare = E.compare_rows(ev.rows, ev_b.rows)
+            for r in ev_b.errors:
+                err.print(f"cardioseg: error: {compare}: {r.case.key}: {r.error}", highlight=False, markup=False, soft_wrap=True)
     extra = {
         "pred": str(pred), "ref": str(ref), "compare_with": str(compare) if compare else None,
         "unmatched_pred": [str(p) for p in pairing.unmatched_pred],
         "unmatched_ref": [str(p) for p in pairing.unmatched_ref],
-        "compare": ev.compare, "wall_seconds": time.perf_counter() - t0,
+        "compare": ev.compare, "compare_errors": {r.case.key: r.error for r in ev_b.errors} if ev_b else {},
+        "wall_seconds": time.perf_counter() - t0,
     }  # fmt: skip
     written = E.write_evaluation(ev, out, extra)
     if plots:
@@ -260,10 +264,10 @@ def _evaluate(pred, ref, out, labels, ref_labels, pred_suffixes, ref_suffixes, p
 
         written += write_plots(ev, out / "plots")
     for r in ev.errors:
-        err.print(f"cardioseg: error: {r.case.key}: {r.error}", highlight=False, markup=False)
+        err.print(f"cardioseg: error: {r.case.key}: {r.error}", highlight=False, markup=False, soft_wrap=True)
     if not quiet:
         _print_evaluation(ev, out)
-    return 1 if ev.errors else 0
+    return 1 if ev.errors or (ev_b is not None and ev_b.errors) else 0
 
 
 def _print_evaluation(ev, out: Path) -> None:  # type: ignore[no-untyped-def]
@@ -292,6 +296,23 @@ def _print_evaluation(ev, out: Path) -> None:  # type: ignore[no-untyped-def]
                 mean(m["hd95_mm"]), mean(m["assd_mm"]), mean(m["msd_mm"]), mean(m["hd_mm"]),
             )  # fmt: skip
     console.print(table)
+    everything = summary["all"]
+    if everything and any(everything[label]["dice_mid"]["n"] for label in everything):
+        t = Table(title="Dice by region (all frames)", box=box.SIMPLE)
+        for col in ("structure", "apical", "mid", "basal"):
+            t.add_column(col, justify="left" if col == "structure" else "right")
+        for label, m in everything.items():
+            t.add_row(label, *(mean(m[f"dice_{r}"], 3) for r in ("apical", "mid", "basal")))
+        console.print(t)
+    if summary["by_group"]:
+        t = Table(title="Dice by group (all frames)", box=box.SIMPLE)
+        labels = list(next(iter(summary["by_group"].values())))
+        for col in ("group", "frames", *labels):
+            t.add_column(col, justify="left" if col == "group" else "right")
+        for group, by_label in summary["by_group"].items():
+            n = max(m["dice"]["n"] + m["dice"]["n_nan"] for m in by_label.values())
+            t.add_row(group, str(n), *(mean(by_label[k]["dice"], 3) if k in by_label else "-" for k in labels))
+        console.print(t)
     if summary["clinical"]:
         t = Table(title=f"clinical agreement, prediction - reference ({len(ev.clinical)} studies)", box=box.SIMPLE)
         for col in ("measure", "n", "r", "bias", "95 % limits", "MAE"):

@@ -257,13 +257,13 @@ def _labels_array(data: np.ndarray, lm: LabelMap, path: Path) -> np.ndarray:
 
 
 def _frame_metrics(
-    pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...], slice_axis: int, options: EvaluateOptions
+    pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...], voxel_ml: float, slice_axis: int,
+    options: EvaluateOptions,
 ) -> list[dict[str, Any]]:
     pl, rl = options.pred_labels.structures, options.ref_labels.structures
     regions = None
     if options.regional:
         regions = slice_regions(ref, slice_axis, apex_values=[rl["myo"], rl["lv"]])
-    voxel_ml = float(np.prod(spacing)) / 1000.0
     rows = []
     for name in pl:
         a, b = pred == pl[name], ref == rl[name]
@@ -318,7 +318,7 @@ def evaluate_case(case: Case, options: EvaluateOptions = EvaluateOptions()) -> C
         for t, p, r in frames:
             result.frames.append(
                 FrameResult(
-                    t, phases.get(t), _frame_metrics(p, r, spacing, slice_axis, options),
+                    t, phases.get(t), _frame_metrics(p, r, spacing, voxel_ml, slice_axis, options),
                     frame_volumes(p, voxel_ml, options.pred_labels), frame_volumes(r, voxel_ml, options.ref_labels),
                 )
             )  # fmt: skip
