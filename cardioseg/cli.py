@@ -6,9 +6,10 @@ Engine errors (``CardiosegError``) become one line on stderr and exit code 1.
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -38,7 +39,7 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: Annotated[
-        Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+        bool | None, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
     ] = None,
 ) -> None:
     """cardioseg: short-axis cardiac cine MRI -> masks + clinical report."""
@@ -47,22 +48,22 @@ def _root(
 @app.command()
 def predict(
     inputs: Annotated[
-        Optional[list[Path]],
+        list[Path] | None,
         typer.Argument(help="NIfTI 3D frames or 4D cines, or ACDC-style patient folders (with Info.cfg)."),
     ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (created if needed).")] = Path("cardioseg_out"),
-    ed: Annotated[Optional[Path], typer.Option("--ed", help="End-diastolic 3D frame of a study (with --es).")] = None,
-    es: Annotated[Optional[Path], typer.Option("--es", help="End-systolic 3D frame of a study (with --ed).")] = None,
-    study: Annotated[Optional[str], typer.Option("--study", help="Name of the --ed/--es study (default: their common stem).")] = None,
-    weights: Annotated[Optional[str], typer.Option("--weights", "-w", help="Registered weights name or a checkpoint path.")] = None,
+    ed: Annotated[Path | None, typer.Option("--ed", help="End-diastolic 3D frame of a study (with --es).")] = None,
+    es: Annotated[Path | None, typer.Option("--es", help="End-systolic 3D frame of a study (with --ed).")] = None,
+    study: Annotated[str | None, typer.Option("--study", help="Name of the --ed/--es study (default: their common stem).")] = None,
+    weights: Annotated[str | None, typer.Option("--weights", "-w", help="Registered weights name or a checkpoint path.")] = None,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N")] = "auto",
     precision: Annotated[str, typer.Option("--precision", help="auto (bf16 where the hardware has it) | bf16 | fp32")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="2D slices per forward pass.")] = 16,
-    ed_frame: Annotated[Optional[int], typer.Option("--ed-frame", min=0, help="0-based ED frame of a 4D cine (default: largest LV volume).")] = None,
-    es_frame: Annotated[Optional[int], typer.Option("--es-frame", min=0, help="0-based ES frame of a 4D cine (default: smallest LV volume).")] = None,
+    ed_frame: Annotated[int | None, typer.Option("--ed-frame", min=0, help="0-based ED frame of a 4D cine (default: largest LV volume).")] = None,
+    es_frame: Annotated[int | None, typer.Option("--es-frame", min=0, help="0-based ES frame of a 4D cine (default: smallest LV volume).")] = None,
     myo_density: Annotated[float, typer.Option("--myo-density", help="Myocardial density in g/mL for LV mass.")] = 1.05,
-    height_cm: Annotated[Optional[float], typer.Option("--height-cm", help="Height for BSA indexing (overrides Info.cfg).")] = None,
-    weight_kg: Annotated[Optional[float], typer.Option("--weight-kg", help="Weight for BSA indexing (overrides Info.cfg).")] = None,
+    height_cm: Annotated[float | None, typer.Option("--height-cm", help="Height for BSA indexing (overrides Info.cfg).")] = None,
+    weight_kg: Annotated[float | None, typer.Option("--weight-kg", help="Weight for BSA indexing (overrides Info.cfg).")] = None,
     no_postprocess: Annotated[bool, typer.Option("--no-postprocess", help="Skip the largest-connected-component clean-up.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table.")] = False,
 ) -> None:
@@ -132,7 +133,7 @@ def _print_results(results, out: Path) -> None:  # type: ignore[no-untyped-def]
         table.add_column(title, justify="left" if title in {"study", "QC"} else "right", no_wrap=title == "study")
 
     def fmt(v: object) -> str:
-        return "-" if v is None or (isinstance(v, float) and v != v) else (f"{v:.1f}" if isinstance(v, float) else str(v))
+        return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else (f"{v:.1f}" if isinstance(v, float) else str(v))
 
     for r in results:
         rep = r.report
@@ -186,11 +187,11 @@ def evaluate(
     ref: Annotated[Path, typer.Argument(help="Reference mask, or a folder of them (e.g. an ACDC root).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for metrics.csv, summary.json, ...")] = Path("cardioseg_eval"),
     labels: Annotated[str, typer.Option("--labels", help="Label preset of the predictions: acdc | mnms | ukbb.")] = "acdc",
-    ref_labels: Annotated[Optional[str], typer.Option("--ref-labels", help="Label preset of the references (default: --labels).")] = None,
-    pred_suffix: Annotated[Optional[list[str]], typer.Option("--pred-suffix", help="Name suffix of prediction files before .nii.gz (repeatable; default: _seg, _pred, none).")] = None,
-    ref_suffix: Annotated[Optional[list[str]], typer.Option("--ref-suffix", help="Name suffix of reference files (repeatable; default: _gt, _seg, _label, none).")] = None,
-    pairs: Annotated[Optional[Path], typer.Option("--pairs", help="CSV with columns study,ed,es[,group] naming the ED/ES cases of each study.")] = None,
-    compare: Annotated[Optional[Path], typer.Option("--compare", help="A second method's predictions: adds paired Wilcoxon tests (compare.csv).")] = None,
+    ref_labels: Annotated[str | None, typer.Option("--ref-labels", help="Label preset of the references (default: --labels).")] = None,
+    pred_suffix: Annotated[list[str] | None, typer.Option("--pred-suffix", help="Name suffix of prediction files before .nii.gz (repeatable; default: _seg, _pred, none).")] = None,
+    ref_suffix: Annotated[list[str] | None, typer.Option("--ref-suffix", help="Name suffix of reference files (repeatable; default: _gt, _seg, _label, none).")] = None,
+    pairs: Annotated[Path | None, typer.Option("--pairs", help="CSV with columns study,ed,es[,group] naming the ED/ES cases of each study.")] = None,
+    compare: Annotated[Path | None, typer.Option("--compare", help="A second method's predictions: adds paired Wilcoxon tests (compare.csv).")] = None,
     plots: Annotated[bool, typer.Option("--plots", help="Bland-Altman and Dice box plots as PNG (needs matplotlib).")] = False,
     myo_density: Annotated[float, typer.Option("--myo-density", help="Myocardial density in g/mL for LV mass.")] = 1.05,
     no_regional: Annotated[bool, typer.Option("--no-regional", help="Skip apical/mid/basal Dice.")] = False,

@@ -243,9 +243,10 @@ class CaseResult:
 
 def _labels_array(data: np.ndarray, lm: LabelMap, path: Path) -> np.ndarray:
     arr = np.asarray(data)
-    if not np.issubdtype(arr.dtype, np.integer):
-        if not np.all(np.isfinite(arr)) or not np.array_equal(arr, np.round(arr)):
-            raise CardiosegError(f'"{path}" is not a label map (it has non-integer values)')
+    if not np.issubdtype(arr.dtype, np.integer) and (
+        not np.all(np.isfinite(arr)) or not np.array_equal(arr, np.round(arr))
+    ):
+        raise CardiosegError(f'"{path}" is not a label map (it has non-integer values)')
     values = set(np.unique(arr).astype(np.int64).tolist())
     unknown = values - set(lm.as_dict().values())
     if unknown:

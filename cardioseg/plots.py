@@ -41,6 +41,8 @@ def _save(fig, path: Path) -> Path:  # type: ignore[no-untyped-def]
 
 def bland_altman(pred: list[float], ref: list[float], title: str, path: Path) -> Path:
     """Bland-Altman plot (difference vs mean, bias and 95 % limits) written as PNG."""
+    import math
+
     import numpy as np
 
     from cardioseg.metrics import agreement
@@ -53,7 +55,7 @@ def bland_altman(pred: list[float], ref: list[float], title: str, path: Path) ->
     ax = fig.add_subplot()
     ax.scatter((p + r) / 2, p - r, s=14, color="#1f5fa8")
     for y, style in ((a.bias, "-"), (a.loa_low, "--"), (a.loa_high, "--")):
-        if y == y:
+        if math.isfinite(y):
             ax.axhline(y, color="#b22", linestyle=style, linewidth=1)
     ax.set_xlabel(f"mean of prediction and reference, {title}")
     ax.set_ylabel("prediction - reference")

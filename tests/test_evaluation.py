@@ -11,6 +11,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import save_nifti
 from scipy.stats import wilcoxon
 from typer.testing import CliRunner
 
@@ -19,8 +20,6 @@ from cardioseg.cli import app
 from cardioseg.errors import ConfigError, InputFileNotFoundError
 from cardioseg.labels import MNMS
 from cardioseg.phantom import PhantomSpec, heart_labels
-
-from conftest import save_nifti
 
 runner = CliRunner()
 AFF = np.diag([1.25, 1.25, 10.0, 1.0])
@@ -454,7 +453,7 @@ def folders(tmp_path: Path) -> tuple[Path, Path]:
     return tmp_path / "pred", tmp_path / "ref"
 
 
-def cli(*args: object):  # noqa: ANN201
+def cli(*args: object):
     return runner.invoke(app, ["evaluate", *(str(a) for a in args)])
 
 
