@@ -296,6 +296,15 @@ def slice_regions(ref_labels: np.ndarray, slice_axis: int, apex_values: Sequence
 # ------------------------------------------------------------------------------ statistics
 
 
+def _finite_pairs(a: Sequence[float], b: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """The paired values as float arrays, without the pairs where either is not finite."""
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if x.shape != y.shape:
+        raise ValueError(f"{x.size} values paired with {y.size}")
+    keep = np.isfinite(x) & np.isfinite(y)
+    return x[keep], y[keep]
+
+
 @dataclass(frozen=True)
 class Agreement:
     """Agreement of paired measurements (prediction minus reference), Bland–Altman style.
@@ -321,11 +330,7 @@ def agreement(pred: Sequence[float], ref: Sequence[float]) -> Agreement:
     >>> a.n, round(a.bias, 4), round(a.mae, 4)
     (3, -0.3333, 1.0)
     """
-    p, r = np.asarray(pred, dtype=np.float64), np.asarray(ref, dtype=np.float64)
-    if p.shape != r.shape:
-        raise ValueError(f"{p.size} predicted values for {r.size} reference values")
-    keep = np.isfinite(p) & np.isfinite(r)
-    p, r = p[keep], r[keep]
+    p, r = _finite_pairs(pred, ref)
     n = int(p.size)
     nan = float("nan")
     if n == 0:
@@ -350,11 +355,7 @@ def wilcoxon_p(a: Sequence[float], b: Sequence[float]) -> tuple[int, float]:
     """
     from scipy.stats import wilcoxon
 
-    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if x.shape != y.shape:
-        raise ValueError(f"{x.size} values paired with {y.size}")
-    keep = np.isfinite(x) & np.isfinite(y)
-    x, y = x[keep], y[keep]
+    x, y = _finite_pairs(a, b)
     n = int(x.size)
     if n == 0:
         return 0, float("nan")
