@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -23,6 +24,11 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+class EnsembleMode(str, Enum):
+    vote = "vote"
+    mean = "mean"
 
 
 def _fail(message: str) -> typer.Exit:
@@ -55,7 +61,8 @@ def predict(
     ed: Annotated[Path | None, typer.Option("--ed", help="End-diastolic 3D frame of a study (with --es).")] = None,
     es: Annotated[Path | None, typer.Option("--es", help="End-systolic 3D frame of a study (with --ed).")] = None,
     study: Annotated[str | None, typer.Option("--study", help="Name of the --ed/--es study (default: their common stem).")] = None,
-    weights: Annotated[str | None, typer.Option("--weights", "-w", help="Registered weights name or a checkpoint path.")] = None,
+    weights: Annotated[list[str] | None, typer.Option("--weights", "-w", metavar="NAME|PATH", help="Registered weights name or a checkpoint path; repeat it for an ensemble.")] = None,
+    ensemble: Annotated[EnsembleMode, typer.Option("--ensemble", help="With several --weights: vote (per-voxel majority) | mean (mean probabilities).")] = EnsembleMode.vote,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N")] = "auto",
     precision: Annotated[str, typer.Option("--precision", help="auto (bf16 where the hardware has it) | bf16 | fp32")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="2D slices per forward pass.")] = 16,
@@ -78,7 +85,8 @@ def predict(
         options = StudyOptions(myo_density, ed_frame, es_frame, height_cm, weight_kg)
         if myo_density <= 0:
             raise _fail(f"--myo-density must be positive, got {myo_density}")
-        results = _predict(studies, out, options, weights, device, precision, batch_size, not no_postprocess, quiet)
+        results = _predict(studies, out, options, weights or [None], ensemble.value, device, precision, batch_size,
+                           not no_postprocess, quiet)  # fmt: skip
     except CardiosegError as exc:
         raise _fail(str(exc)) from None
     failed = [r for r in results if r.error]
@@ -90,17 +98,17 @@ def predict(
         raise typer.Exit(code=1)
 
 
-def _predict(studies, out, options, weights, device, precision, batch_size, postprocess, quiet):  # type: ignore[no-untyped-def]
+def _predict(studies, out, options, weights, ensemble, device, precision, batch_size, postprocess, quiet):  # type: ignore[no-untyped-def]
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from cardioseg.inference import PredictOptions, Predictor
+    from cardioseg.inference import Ensemble, PredictOptions, Predictor
     from cardioseg.pipeline import run_predict
     from cardioseg.weights import load_weights
 
-    predictor = Predictor(
-        load_weights(weights),
-        PredictOptions(device=device, precision=precision, batch_size=batch_size, postprocess=postprocess),
-    )
+    members = [load_weights(w) for w in weights]  # each model is loaded once, for every study
+    popts = PredictOptions(device=device, precision=precision, batch_size=batch_size, postprocess=postprocess,
+                           ensemble=ensemble)  # fmt: skip
+    predictor = Predictor(members[0], popts) if len(members) == 1 else Ensemble(members, popts)
     show = not quiet and sys.stderr.isatty()
     from rich.console import Console
 
@@ -150,35 +158,96 @@ def _print_results(results, out: Path) -> None:  # type: ignore[no-untyped-def]
 
 
 @app.command()
-def train(
-    data: Annotated[Path, typer.Argument(help="ACDC-style root folder with patientNNN/ (Info.cfg, frames, _gt labels).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: checkpoints, log.csv, exported weights.")],
-    epochs: Annotated[int, typer.Option(min=1, help="Training epochs (cosine learning-rate decay over them).")] = 120,
-    val_fold: Annotated[int, typer.Option("--val-fold", min=0, help="Which of the 5 stratified folds to hold out.")] = 0,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 16,
-    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW).")] = 1e-3,
-    base_width: Annotated[int, typer.Option("--base-width", min=1, help="U-Net channels at full resolution.")] = 16,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
-    cache: Annotated[Path, typer.Option("--cache", help="Model-space slice cache (.npz), built on first use.")] = Path("cache/acdc_model_space.npz"),
-    export_only: Annotated[bool, typer.Option("--export-only", help="Only export the best checkpoint of OUT.")] = False,
+def preprocess(
+    data: Annotated[Path, typer.Argument(help="ACDC root (patientNNN/ with Info.cfg) or a folder with images/ and labels/.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Cache folder to write (replaced if it exists).")],
+    spacing_mm: Annotated[float, typer.Option("--spacing-mm", help="In-plane pixel size of the model grid.")] = 1.5625,
+    fov_px: Annotated[int, typer.Option("--fov-px", min=32, help="Model grid size in pixels (square).")] = 256,
+    truncation_px: Annotated[float, typer.Option("--truncation-px", help="T of the truncated signed distance maps.")] = 250.0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """Train the baseline 2D U-Net (CE + Dice) and export self-describing weights.
+    """Resample, crop/pad and normalise labelled frames into a memory-mapped training cache
+    with truncated signed distance maps per structure (DMR paper, Eq. 2)."""
+    from cardioseg.dataset import build_cache, find_frames
+    from cardioseg.preprocess import PreprocessConfig
 
-    Resumes from OUT/last.pt when present; the model with the best validation Dice is kept.
+    try:
+        frames = find_frames(data)
+        cfg = PreprocessConfig(spacing_mm=spacing_mm, fov_px=fov_px)
+        with _progress_bar(quiet, "preprocessing", len(frames)) as advance:
+            path = build_cache(frames, out, cfg, truncation_px=truncation_px, progress=lambda f: advance())
+    except CardiosegError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"{path}: {len(frames)} frames")
+
+
+def _progress_bar(quiet: bool, description: str, total: int):  # type: ignore[no-untyped-def]
+    import contextlib
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    @contextlib.contextmanager
+    def bar():  # type: ignore[no-untyped-def]
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=Console(stderr=True), disable=quiet or not sys.stderr.isatty(), transient=True,
+        ) as p:  # fmt: skip
+            task = p.add_task(description, total=total)
+            yield lambda: p.advance(task)
+
+    return bar()
+
+
+@app.command()
+def train(
+    cache: Annotated[Path, typer.Argument(help="Cache folder from cardioseg preprocess.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: checkpoints, log.csv, exported weights.")],
+    fold: Annotated[int, typer.Option("--fold", min=0, help="Validation fold k of the 5 patient-level folds.")] = 0,
+    all_folds: Annotated[bool, typer.Option("--all-folds", help="Train every fold, one after the other, in OUT/foldK.")] = False,
+    arch: Annotated[str, typer.Option("--arch", help="unet2d | segnet2d | usegnet2d")] = "unet2d",
+    dmr: Annotated[bool, typer.Option("--dmr", help="Add the distance-map regulariser (training only).")] = False,
+    loss: Annotated[str, typer.Option("--loss", help="ce | dice | logdice | dice_ce")] = "ce",
+    weighting: Annotated[str, typer.Option("--weighting", help="With --dmr: uncertainty (learned, Eq. 7) | fixed")] = "uncertainty",
+    dm_weight: Annotated[float, typer.Option("--dm-weight", help="Fixed (or initial) weight of the distance-map loss.")] = 1.0,
+    optimizer: Annotated[str, typer.Option("--optimizer", help="rmsprop (paper) | adamw")] = "rmsprop",
+    lr: Annotated[float, typer.Option("--lr", help="Learning rate; 0: the paper's (1e-4, or 5e-4 with --dmr).")] = 0.0,
+    epochs: Annotated[int, typer.Option("--epochs", min=1)] = 100,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 15,
+    crop_px: Annotated[int, typer.Option("--crop-px", min=16, help="Training crop (multiple of 16).")] = 160,
+    base_width: Annotated[int, typer.Option("--base-width", min=1, help="Channels at full resolution.")] = 16,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    threads: Annotated[int, typer.Option("--threads", min=0, help="Torch CPU threads (0: torch's default).")] = 0,
+    name: Annotated[str, typer.Option("--name", help="Weights name (default e.g. dmr-unet2d-acdc-fold0).")] = "",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in OUT from its last checkpoint.")] = False,
+    export_only: Annotated[bool, typer.Option("--export-only", help="Only export the best checkpoint of OUT.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Train a segmentation network on a cache and export self-describing weights.
+
+    Under torchrun (``torchrun --nproc_per_node N -m cardioseg train ...``) each process
+    trains a shard of every batch with DistributedDataParallel.
     """
-    from cardioseg.train import TrainConfig, export_run
+    from cardioseg.train import TrainConfig, export_run, fold_configs, load_config
     from cardioseg.train import train as run_training
 
     cfg = TrainConfig(
-        data=str(data), out=str(out), cache=str(cache), val_fold=val_fold, epochs=epochs,
-        batch_size=batch_size, lr=lr, base_width=base_width, seed=seed,
+        cache=str(cache), out=str(out), arch=arch, dmr=dmr, base_width=base_width, loss=loss,
+        weighting=weighting, dm_weight=dm_weight, optimizer=optimizer, lr=lr, epochs=epochs,
+        batch_size=batch_size, crop_px=crop_px, fold=fold, seed=seed, threads=threads, name=name,
     )  # fmt: skip
     try:
-        path = export_run(cfg) if export_only else run_training(cfg, log=lambda m: typer.echo(m, err=True))
+        cfg.check()
+        configs = fold_configs(cfg) if all_folds else [cfg]
+        for c in configs:
+            if export_only:
+                path = export_run(load_config(Path(c.out)), log=lambda m: typer.echo(m, err=True))
+            else:
+                path = run_training(c, resume=resume,
+                                    log=lambda m: typer.echo(m, err=True), show_progress=not quiet and sys.stderr.isatty())  # fmt: skip
+            typer.echo(str(path))
     except CardiosegError as exc:
         raise _fail(str(exc)) from None
-    typer.echo(str(path))
-
 
 
 @app.command()

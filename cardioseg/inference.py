@@ -1,15 +1,19 @@
-"""The Predictor: loads a model once, owns device and precision, segments 3D frames and cines."""
+"""The Predictor: loads a model once, owns device and precision, segments 3D frames and cines.
+
+An Ensemble does the same with several models (e.g. the 5 fold models of the DMR paper).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from cardioseg.errors import ConfigError
-from cardioseg.geometry import ModelSpace
+from cardioseg.errors import ConfigError, WeightsError
+from cardioseg.geometry import ModelSpace, find_orientation
+from cardioseg.labels import LabelMap
 from cardioseg.postprocess import keep_largest_components
 from cardioseg.preprocess import normalize_intensity
 from cardioseg.weights import LoadedWeights
@@ -73,9 +77,53 @@ class PredictOptions:
     batch_size: int = 16  # 2D slices per forward pass
     postprocess: bool = True  # keep the largest 3D component per label
     lcc_tolerance_mm: float = 8.0  # in-plane reach when linking pieces across slice gaps
+    ensemble: str = "vote"  # vote | mean: how an Ensemble combines its members (see Ensemble)
 
 
-class Predictor:
+ENSEMBLE_MODES = ("vote", "mean")
+
+
+class _Segmenter:
+    """``predict`` for 3D frames and 4D cines on top of a subclass's ``predict_frame``."""
+
+    def predict_frame(self, frame: np.ndarray, affine: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def predict(self, data: np.ndarray, affine: np.ndarray, on_frame: Callable[[int], Any] | None = None) -> np.ndarray:
+        """A 3D frame (X, Y, Z) or a cine (X, Y, Z, T) -> uint8 labels of the same shape."""
+        if data.ndim == 3:
+            out = self.predict_frame(data, affine)
+            if on_frame:
+                on_frame(0)
+            return out
+        out = np.zeros(data.shape, dtype=np.uint8)
+        for t in range(data.shape[3]):
+            out[..., t] = self.predict_frame(data[..., t], affine)
+            if on_frame:
+                on_frame(t)
+        return out
+
+
+def _argmax_labels(probs: np.ndarray) -> np.ndarray:
+    """(C, X, Y, Z) class scores -> (X, Y, Z) uint8 labels (ties: the lowest label)."""
+    return np.ascontiguousarray(np.argmax(probs, axis=0).astype(np.uint8))
+
+
+def _clean_up(labels: np.ndarray, affine: np.ndarray, label_map: LabelMap, options: PredictOptions) -> np.ndarray:
+    """The largest 3D component per structure (when ``options.postprocess``), on stored-space labels."""
+    if not options.postprocess:
+        return labels
+    spacing = tuple(float(s) for s in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
+    return keep_largest_components(
+        labels,
+        spacing,  # type: ignore[arg-type]
+        label_map.structures.values(),
+        slice_axis=find_orientation(np.asarray(affine)).perm[2],
+        tolerance_mm=options.lcc_tolerance_mm,
+    )
+
+
+class Predictor(_Segmenter):
     """Segments frames with one loaded network; create once, call for every input.
 
     >>> # predictor = Predictor(load_weights("unet2d-acdc")); mask = predictor.predict(volume)
@@ -107,33 +155,78 @@ class Predictor:
                 out.append(torch.softmax(self.model(x).float(), dim=1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, 4) + slices.shape[1:], np.float32)
 
-    def predict_frame(self, frame: np.ndarray, affine: np.ndarray) -> np.ndarray:
-        """One stored 3D frame -> uint8 labels of exactly the same shape, in the same voxel order."""
+    @property
+    def weights_report(self) -> dict[str, Any]:
+        """What the study report says about the weights: ``{"name", "sha256"}``."""
+        return {"name": self.weights.name, "sha256": self.weights.file_sha256}
+
+    def native_probabilities(self, frame: np.ndarray, affine: np.ndarray) -> np.ndarray:
+        """One stored 3D frame (X, Y, Z) -> (C, X, Y, Z) float32 class probabilities on its voxel grid."""
         space = ModelSpace.for_image(affine, frame.shape, self.config.spacing_mm, self.config.fov_px)
         norm, floor = normalize_intensity(frame, self.config.clip_low_pct, self.config.clip_high_pct)
         probs = self.slice_probabilities(space.image_to_model(norm, cval=floor))
-        labels = space.probabilities_to_labels(probs)
-        if self.options.postprocess:
-            spacing = tuple(float(s) for s in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
-            labels = keep_largest_components(
-                labels,
-                spacing,  # type: ignore[arg-type]
-                self.label_map.structures.values(),
-                slice_axis=space.orientation.perm[2],
-                tolerance_mm=self.options.lcc_tolerance_mm,
-            )
-        return labels
+        return space.probabilities_to_native(probs)
 
-    def predict(self, data: np.ndarray, affine: np.ndarray, on_frame: Callable[[int], Any] | None = None) -> np.ndarray:
-        """A 3D frame (X, Y, Z) or a cine (X, Y, Z, T) -> uint8 labels of the same shape."""
-        if data.ndim == 3:
-            out = self.predict_frame(data, affine)
-            if on_frame:
-                on_frame(0)
-            return out
-        out = np.zeros(data.shape, dtype=np.uint8)
-        for t in range(data.shape[3]):
-            out[..., t] = self.predict_frame(data[..., t], affine)
-            if on_frame:
-                on_frame(t)
-        return out
+    def predict_frame(self, frame: np.ndarray, affine: np.ndarray) -> np.ndarray:
+        """One stored 3D frame -> uint8 labels of exactly the same shape, in the same voxel order."""
+        labels = _argmax_labels(self.native_probabilities(frame, affine))
+        return _clean_up(labels, affine, self.label_map, self.options)
+
+
+class Ensemble(_Segmenter):
+    """Segments frames with several networks together (DMR paper: the 5 fold models).
+
+    Every member preprocesses the frame with its own settings (grid, intensity clipping);
+    their class probabilities meet on the frame's own voxel grid and are combined by
+    ``options.ensemble``:
+
+    - ``"mean"``: the argmax of the members' mean probabilities;
+    - ``"vote"``: per voxel the label most members predict; a tie goes to the tied label
+      with the highest mean probability (then, as for argmax, to the lowest label value).
+
+    Post-processing runs once, on the combined labels. Each model is loaded once; members
+    run one after another per frame, so memory is one network's activations plus two
+    (C, X, Y, Z) arrays. N members take about N times as long as one.
+
+    >>> # ensemble = Ensemble([load_weights(p) for p in fold_paths], PredictOptions(ensemble="vote"))
+    """
+
+    def __init__(self, weights: Sequence[LoadedWeights], options: PredictOptions | None = None) -> None:
+        self.options = options or PredictOptions()
+        if self.options.ensemble not in ENSEMBLE_MODES:
+            raise ConfigError(f"--ensemble {self.options.ensemble!r}: choose {' or '.join(ENSEMBLE_MODES)}")
+        if not weights:
+            raise ConfigError("an ensemble needs at least one set of weights")
+        first = weights[0]
+        for w in weights[1:]:
+            if w.label_map.as_dict() != first.label_map.as_dict():
+                raise WeightsError(
+                    f'weights "{first.name}" ({first.path}) and "{w.name}" ({w.path}) use different label maps '
+                    f"({first.label_map.as_dict()} vs {w.label_map.as_dict()}); an ensemble needs one"
+                )
+        self.label_map = first.label_map
+        self.members = [Predictor(w, replace(self.options, postprocess=False)) for w in weights]
+        self.device = self.members[0].device
+        self.precision = self.members[0].precision
+
+    @property
+    def weights_report(self) -> dict[str, Any]:
+        """``{"name": "a+b+...", "ensemble": mode, "members": [{"name", "sha256"}, ...]}``."""
+        members = [m.weights_report for m in self.members]
+        return {"name": "+".join(m["name"] for m in members), "ensemble": self.options.ensemble, "members": members}
+
+    def predict_frame(self, frame: np.ndarray, affine: np.ndarray) -> np.ndarray:
+        """One stored 3D frame -> uint8 labels of exactly the same shape, in the same voxel order."""
+        total = votes = np.zeros(0)  # per label (C, X, Y, Z): summed probabilities, number of votes
+        for i, member in enumerate(self.members):
+            probs = member.native_probabilities(frame, affine)
+            choice = np.argmax(probs, axis=0) == np.arange(len(probs)).reshape(-1, 1, 1, 1)
+            if i == 0:
+                total, votes = probs, choice.astype(np.int32)
+            else:
+                total += probs
+                votes += choice
+        mean = total / len(self.members)
+        if self.options.ensemble == "vote":  # only the labels with the most votes compete, on their mean
+            mean = np.where(votes == votes.max(axis=0), mean, -1.0)
+        return _clean_up(_argmax_labels(mean), affine, self.label_map, self.options)

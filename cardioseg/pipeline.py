@@ -167,7 +167,7 @@ def run_study(
         qc_flags=flags,
         label_map=label_map.as_dict(),
         myo_density_g_ml=options.myo_density_g_ml,
-        weights={"name": predictor.weights.name, "sha256": predictor.weights.file_sha256},
+        weights=predictor.weights_report,
         device=predictor.device,
         precision=predictor.precision,
         runtime_s=round(time.perf_counter() - t0, 3),

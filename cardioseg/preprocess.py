@@ -49,3 +49,38 @@ def normalize_intensity(frame: np.ndarray, low_pct: float = 1.0, high_pct: float
     if std < 1e-8:  # a constant image: nothing to see, map to zeros
         return np.zeros_like(clipped), 0.0
     return ((clipped - mean) / std).astype(np.float32, copy=False), (lo - mean) / std
+
+
+# ---------------------------------------------------------------------------- distance maps
+
+DISTANCE_TRUNCATION_PX = 250.0  # T of the DMR paper's Eq. 2 ("full distance map")
+
+
+def truncated_signed_distance(mask: np.ndarray, truncation_px: float = DISTANCE_TRUNCATION_PX) -> np.ndarray:
+    """The DMR paper's truncated signed distance map (Eq. 2) of one 2D binary mask, in pixels.
+
+    Inside the object: the distance to the nearest background pixel (> 0; for a mask with no
+    background, to just beyond the array border). Outside: minus the
+    distance to the nearest object pixel, truncated at ``-truncation_px``. An empty mask gives
+    ``-truncation_px`` everywhere.
+
+    >>> m = np.zeros((1, 5), bool); m[0, 1:4] = True
+    >>> truncated_signed_distance(m, 2.0).tolist()
+    [[-1.0, 1.0, 2.0, 1.0, -1.0]]
+    """
+    from scipy import ndimage
+
+    m = np.asarray(mask) != 0
+    if not m.any():
+        return np.full(m.shape, -float(truncation_px), dtype=np.float32)
+    if m.all():  # no background at all: measure to just beyond the array border
+        inside = ndimage.distance_transform_edt(np.pad(m, 1))[(slice(1, -1),) * m.ndim]
+        return inside.astype(np.float32)
+    inside = ndimage.distance_transform_edt(m)
+    outside = ndimage.distance_transform_edt(~m)
+    return np.where(m, inside, -np.minimum(outside, truncation_px)).astype(np.float32)
+
+
+def distance_maps(labels: np.ndarray, values: tuple[int, ...], truncation_px: float = DISTANCE_TRUNCATION_PX) -> np.ndarray:
+    """(len(values), H, W) float32 maps of one 2D label slice, one per foreground value."""
+    return np.stack([truncated_signed_distance(labels == v, truncation_px) for v in values])

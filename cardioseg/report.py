@@ -49,7 +49,7 @@ def build_report(
     qc_flags: list[str],
     label_map: dict[str, int],
     myo_density_g_ml: float,
-    weights: dict[str, str],
+    weights: dict[str, Any],
     device: str,
     precision: str,
     runtime_s: float,
@@ -61,6 +61,9 @@ def build_report(
     ``kind`` is "cine" (one 4D input; ``ed_frame``/``es_frame`` are 0-based indices into its
     time axis), "pair" (an ED and an ES 3D frame: frame 0 is ED, frame 1 is ES) or "frame"
     (one 3D frame: volumes only, no EF).
+
+    ``weights`` is ``{"name", "sha256"}`` for one model; for an ensemble it is
+    ``{"name": "a+b+...", "ensemble": "vote"|"mean", "members": [{"name", "sha256"}, ...]}``.
     """
     return {
         "study": study,

@@ -1,9 +1,17 @@
-"""Training: the ACDC data split, a model-space slice cache, augmentation, loop, export.
+"""Training: the DMR paper's networks, losses and optimisation, cross-validated by folds.
 
-The baseline recipe (issue 2): 2D U-Net, cross-entropy + soft Dice, Adam with cosine decay,
-random similarity transforms (rotation 0-360 deg, scale 0.8-1.2, translation) on 2D slices
-cropped around the heart, bf16 autocast + channels_last. Resumable: the last state is saved
-every epoch and the best (validation Dice) model kept.
+The recipe follows Dangi et al. (sections II-B, II-C, II-E, II-F): 2D slices from the
+preprocessed cache (``cardioseg preprocess``), random similarity transforms (scale 0.8-1.2,
+rotation 0-360 deg, translation up to 1/8 of the size) applied to image, labels and distance
+maps alike; U-Net / SegNet / U-SegNet with an optional distance-map regulariser; cross-entropy
+(or Dice, log-Dice, Dice + CE) plus the mean absolute difference of the distance maps,
+weighted by learned uncertainties (Eq. 7, s = log sigma) or fixed weights; Kaiming-uniform
+init; RMSprop, lr 1e-4 single-task / 5e-4 multi-task, x0.99 per epoch; batch 15; the
+checkpoint with the best validation Dice is kept. bf16 autocast on CPU and CUDA.
+
+One "epoch" is one pass over the training slices, each randomly transformed (the paper adds
+four transformed copies of each slice instead). Runs resume from ``OUT/last.pt``; under
+``torchrun`` the loop trains with DistributedDataParallel (gloo on CPU, nccl on GPU).
 """
 
 from __future__ import annotations
@@ -11,128 +19,123 @@ from __future__ import annotations
 import csv
 import json
 import math
-import random
+import os
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cardioseg.errors import ConfigError, InputFileNotFoundError
-from cardioseg.geometry import ModelSpace
-from cardioseg.io import read_info_cfg, read_volume
-from cardioseg.labels import ACDC
-from cardioseg.preprocess import PreprocessConfig, normalize_intensity
+from cardioseg.dataset import Cache, Patient, acdc_patients, load_cache, stratified_folds
+from cardioseg.errors import ConfigError
+from cardioseg.labels import label_map_from_dict
+from cardioseg.preprocess import PreprocessConfig
+
+__all__ = [
+    "ARCHES",
+    "LOSSES",
+    "Patient",
+    "TrainConfig",
+    "acdc_patients",
+    "augment_batch",
+    "dice_ce_loss",
+    "export_run",
+    "segmentation_loss",
+    "stratified_folds",
+    "train",
+]
 
 ACDC_LICENSE = (
     "Trained on ACDC data (CC BY-NC-SA 4.0): non-commercial use only, share-alike. Cite "
     "O. Bernard et al., IEEE TMI 37(11):2514-2525, 2018, doi:10.1109/TMI.2018.2837502."
 )
+ARCHES = ("unet2d", "segnet2d", "usegnet2d")
+LOSSES = ("ce", "dice", "logdice", "dice_ce")
+WEIGHTINGS = ("uncertainty", "fixed")
+OPTIMIZERS = ("rmsprop", "adamw")
 
 
 @dataclass(frozen=True)
-class Patient:
-    name: str
-    group: str
-    folder: Path
-    ed: int
-    es: int
+class TrainConfig:
+    """One training run (saved beside its checkpoints and inside the exported weights)."""
+
+    cache: str  # cache folder from ``cardioseg preprocess``
+    out: str  # run folder: checkpoints, log.csv, config.json, the exported weights
+    arch: str = "unet2d"  # one of ARCHES
+    dmr: bool = False  # add the distance-map regulariser (training only)
+    base_width: int = 16  # channels at full resolution (x2 per level, 4 levels)
+    loss: str = "ce"  # segmentation loss, one of LOSSES
+    weighting: str = "uncertainty"  # with dmr: learned (Eq. 7) or "fixed" weights
+    seg_weight: float = 1.0  # fixed weights (and the uncertainty weights' initial 1/sigma)
+    dm_weight: float = 1.0
+    sigma_lr: float = 1e-2  # learning rate of the log-sigmas (settle in a few epochs)
+    optimizer: str = "rmsprop"  # one of OPTIMIZERS
+    lr: float = 0.0  # 0: the paper's (RMSprop 1e-4 single-task, 5e-4 with dmr; AdamW 1e-3)
+    lr_decay: float = 0.99  # per epoch (RMSprop); AdamW uses cosine decay to 1 %
+    weight_decay: float = 0.0
+    epochs: int = 100
+    batch_size: int = 15
+    crop_px: int = 160  # training crop of the cache's fov (random position near the heart)
+    fold: int = 0  # the held-out validation fold
+    n_folds: int = 5
+    seed: int = 0
+    val_every: int = 1
+    threads: int = 0  # torch threads; 0: torch's default
+    name: str = ""  # weights name; "" -> derived, e.g. "dmr-unet2d-acdc-fold0"
+
+    def resolved_lr(self) -> float:
+        if self.lr > 0:
+            return self.lr
+        if self.optimizer == "adamw":
+            return 1e-3
+        return 5e-4 if self.dmr else 1e-4
+
+    def weights_name(self) -> str:
+        return self.name or f"{'dmr-' if self.dmr else ''}{self.arch}-acdc-fold{self.fold}"
+
+    def check(self) -> None:
+        for value, allowed, what in (
+            (self.arch, ARCHES, "architecture"), (self.loss, LOSSES, "loss"),
+            (self.weighting, WEIGHTINGS, "weighting"), (self.optimizer, OPTIMIZERS, "optimizer"),
+        ):  # fmt: skip
+            if value not in allowed:
+                raise ConfigError(f"unknown {what} {value!r}; choose one of: {', '.join(allowed)}")
+        if not 0 <= self.fold < self.n_folds:
+            raise ConfigError(f"--fold must be in 0..{self.n_folds - 1}, got {self.fold}")
+        if self.crop_px % 16:
+            raise ConfigError(f"--crop-px must be a multiple of 16, got {self.crop_px}")
 
 
-def acdc_patients(root: Path) -> list[Patient]:
-    """Every ``patientNNN`` folder with an Info.cfg under ``root``, sorted by name."""
-    root = Path(root)
-    if not root.is_dir():
-        raise InputFileNotFoundError(f'Folder not found: "{root}"')
-    patients = []
-    for folder in sorted(root.iterdir()):
-        if (folder / "Info.cfg").is_file():
-            info = read_info_cfg(folder / "Info.cfg")
-            if info.ed is None or info.es is None:
-                continue
-            patients.append(Patient(folder.name, info.group or "unknown", folder, info.ed, info.es))
-    if not patients:
-        raise ConfigError(f'No ACDC patient folders (with Info.cfg) in "{root}"')
-    return patients
-
-
-def stratified_folds(patients: list[Patient], n_folds: int = 5, seed: int = 0) -> dict[str, int]:
-    """Patient name -> fold index, patient-level and stratified by group.
-
-    Within each group patients are shuffled with ``seed`` and dealt round-robin, continuing
-    the count across groups, so folds differ in size by at most one overall.
-    """
-    rng = random.Random(seed)
-    by_group: dict[str, list[str]] = {}
-    for p in patients:
-        by_group.setdefault(p.group, []).append(p.name)
-    folds: dict[str, int] = {}
-    i = 0
-    for group in sorted(by_group):
-        names = sorted(by_group[group])
-        rng.shuffle(names)
-        for name in names:
-            folds[name] = i % n_folds
-            i += 1
-    return folds
-
-
-# ---------------------------------------------------------------------------- cache
-
-
-def prepare_frame(image_path: Path, label_path: Path, cfg: PreprocessConfig) -> tuple[np.ndarray, np.ndarray]:
-    """One labelled 3D frame -> model-space (S, fov, fov) float16 image and uint8 labels."""
-    vol = read_volume(image_path)
-    lab = read_volume(label_path)
-    norm, floor = normalize_intensity(vol.data, cfg.clip_low_pct, cfg.clip_high_pct)
-    space = ModelSpace.for_image(vol.affine, vol.data.shape, cfg.spacing_mm, cfg.fov_px)
-    img = space.image_to_model(norm, cval=floor)
-    seg = space.labels_to_model(np.asarray(lab.data).astype(np.uint8))
-    return img.astype(np.float16), seg
-
-
-def build_cache(patients: list[Patient], cfg: PreprocessConfig, path: Path) -> dict[str, np.ndarray]:
-    """Model-space slices of every ED/ES frame, saved to ``path`` (npz) and reused if present."""
-    if path.is_file():
-        with np.load(path, allow_pickle=False) as z:
-            cached = {k: z[k] for k in z.files}
-        if list(cached["patients"]) == [p.name for p in patients] and json.loads(str(cached["cfg"])) == cfg.to_dict():
-            return cached
-    images, labels, frame_of_slice, frame_names = [], [], [], []
-    for p in patients:
-        for phase, number in (("ED", p.ed), ("ES", p.es)):
-            stem = p.folder / f"{p.name}_frame{number:02d}"
-            img, seg = prepare_frame(Path(f"{stem}.nii.gz"), Path(f"{stem}_gt.nii.gz"), cfg)
-            frame_of_slice += [len(frame_names)] * img.shape[0]
-            frame_names.append(f"{p.name}:{phase}")
-            images.append(img)
-            labels.append(seg)
-    cache = {
-        "images": np.concatenate(images),
-        "labels": np.concatenate(labels),
-        "frame_of_slice": np.array(frame_of_slice, dtype=np.int32),
-        "frame_names": np.array(frame_names),
-        "patients": np.array([p.name for p in patients]),
-        "cfg": np.array(json.dumps(cfg.to_dict())),
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **cache)
-    tmp.replace(path)
-    return cache
+def architecture(cfg: TrainConfig, dmr: bool | None = None) -> dict[str, Any]:
+    """Registry name and constructor arguments (``dmr`` defaults to the config's)."""
+    kwargs: dict[str, Any] = {"in_channels": 1, "num_classes": 4, "base": cfg.base_width, "depth": 4}
+    if dmr if dmr is not None else cfg.dmr:
+        kwargs["dmr"] = True
+    return {"name": cfg.arch, "kwargs": kwargs}
 
 
 # ---------------------------------------------------------------------------- augmentation
 
 
 def augment_batch(
-    images: Any, labels: Any, centres: np.ndarray, crop: int, rng: np.random.Generator
-) -> tuple[Any, Any]:
-    """Random similarity transform + crop of (N, 1, H, W) images and (N, H, W) labels.
+    images: Any,
+    labels: Any,
+    centres: np.ndarray,
+    crop: int,
+    rng: np.random.Generator,
+    distmaps: Any = None,
+    truncation_px: float = 250.0,
+) -> tuple[Any, ...]:
+    """Random similarity transform + crop of (N, 1, H, W) images, (N, H, W) labels and
+    optionally (N, K, H, W) distance maps, all with the same transform.
 
-    ``centres`` (N, 2) are (row, col) crop centres in pixels; rotation is 0-360 deg, scale
-    0.8-1.2 (DMR paper II-E). Images are sampled bilinearly, labels by nearest neighbour.
+    ``centres`` (N, 2) are (row, col) crop centres in input pixels; rotation is 0-360 deg and
+    isotropic scale 0.8-1.2 (DMR paper II-E). Images and distance maps are sampled bilinearly,
+    labels by nearest neighbour; distances are multiplied by the scale (they are in output
+    pixels) and kept at or above ``-truncation_px``. A global intensity gain/offset and noise
+    are added to the images. Returns (images, labels[, distmaps]).
     """
     import torch
     import torch.nn.functional as F
@@ -152,69 +155,76 @@ def augment_batch(
     grid = F.affine_grid(torch.from_numpy(theta), [n, 1, crop, crop], align_corners=False)
     out_img = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
     out_lab = F.grid_sample(labels[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
-    # intensity: global gain/offset and mild noise
     gain = torch.from_numpy(rng.uniform(0.85, 1.15, (n, 1, 1, 1)).astype(np.float32))
     bias = torch.from_numpy(rng.uniform(-0.15, 0.15, (n, 1, 1, 1)).astype(np.float32))
     noise = torch.from_numpy(rng.uniform(0, 0.1, (n, 1, 1, 1)).astype(np.float32))
     out_img = out_img * gain + bias + noise * torch.randn_like(out_img)
-    return out_img, out_lab[:, 0].long()
+    if distmaps is None:
+        return out_img, out_lab[:, 0].long()
+    out_dm = F.grid_sample(distmaps, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    out_dm = (out_dm * torch.from_numpy(scale.astype(np.float32))[:, None, None, None]).clamp_(min=-truncation_px)
+    return out_img, out_lab[:, 0].long(), out_dm
 
 
-# ---------------------------------------------------------------------------- loss / metrics
+# ---------------------------------------------------------------------------- losses
 
 
-def dice_ce_loss(logits: Any, target: Any, n_classes: int) -> Any:
-    """Cross-entropy + (1 - mean soft Dice over the foreground classes)."""
+def _soft_dice(logits: Any, target: Any, n_classes: int, smooth: float = 1.0) -> Any:
+    """Soft Dice per foreground class over the batch, (n_classes - 1,)."""
+    import torch
+    import torch.nn.functional as F
+
+    probs = torch.softmax(logits, dim=1)
+    onehot = F.one_hot(target, n_classes).permute(0, 3, 1, 2).to(probs.dtype)
+    dims = (0, 2, 3)
+    inter = (probs * onehot).sum(dims)
+    denom = probs.sum(dims) + onehot.sum(dims)
+    return ((2 * inter + smooth) / (denom + smooth))[1:]
+
+
+def segmentation_loss(kind: str, logits: Any, target: Any, n_classes: int = 4) -> Any:
+    """``ce``: cross-entropy; ``dice``: 1 - mean soft Dice of the foreground classes (smooth 1);
+    ``logdice``: -log of that mean soft Dice; ``dice_ce``: CE + (1 - mean soft Dice)."""
     import torch
     import torch.nn.functional as F
 
     logits = logits.float()
-    ce = F.cross_entropy(logits, target)
-    probs = torch.softmax(logits, dim=1)
-    onehot = F.one_hot(target, n_classes).permute(0, 3, 1, 2).float()
-    dims = (0, 2, 3)
-    inter = (probs * onehot).sum(dims)
-    denom = probs.sum(dims) + onehot.sum(dims)
-    dice = (2 * inter + 1e-5) / (denom + 1e-5)
-    return ce + (1 - dice[1:].mean())
+    if kind == "ce":
+        return F.cross_entropy(logits, target)
+    dice = _soft_dice(logits, target, n_classes).mean()
+    if kind == "dice":
+        return 1 - dice
+    if kind == "logdice":
+        return -torch.log(dice.clamp_min(1e-6))
+    if kind == "dice_ce":
+        return F.cross_entropy(logits, target) + (1 - dice)
+    raise ConfigError(f"unknown loss {kind!r}; choose one of: {', '.join(LOSSES)}")
+
+
+def dice_ce_loss(logits: Any, target: Any, n_classes: int) -> Any:
+    """Cross-entropy + (1 - mean soft Dice over the foreground classes)."""
+    return segmentation_loss("dice_ce", logits, target, n_classes)
+
+
+def multitask_loss(seg: Any, dm: Any, log_sigma: Any, weighting: str, seg_weight: float, dm_weight: float) -> Any:
+    """Eq. 7: seg/sigma_seg + MAD/sigma_dm + log sigma_seg + log sigma_dm, sigma = exp(s); or,
+    with ``fixed`` weighting, seg_weight * seg + dm_weight * MAD."""
+    import torch
+
+    if weighting == "fixed":  # log_sigma stays in the graph so that DDP sees every parameter used
+        return seg_weight * seg + dm_weight * dm + 0.0 * log_sigma.sum()
+    s_seg, s_dm = log_sigma[0], log_sigma[1]
+    return torch.exp(-s_seg) * seg + torch.exp(-s_dm) * dm + s_seg + s_dm
+
+
+# ---------------------------------------------------------------------------- validation
 
 
 def dice_per_label(pred: np.ndarray, ref: np.ndarray, labels: tuple[int, ...] = (1, 2, 3)) -> list[float]:
     """3D Dice per label (NaN when both masks are empty)."""
-    out = []
-    for k in labels:
-        a, b = pred == k, ref == k
-        denom = int(a.sum()) + int(b.sum())
-        out.append(float("nan") if denom == 0 else 2.0 * int((a & b).sum()) / denom)
-    return out
+    from cardioseg.metrics import dice
 
-
-# ---------------------------------------------------------------------------- loop
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    data: str  # ACDC root with patientNNN folders
-    out: str  # run folder: checkpoints, log.csv, the exported weights
-    cache: str = "cache/acdc_model_space.npz"
-    val_fold: int = 0  # which of the 5 stratified folds is held out
-    n_folds: int = 5
-    epochs: int = 100
-    batch_size: int = 16
-    crop_px: int = 160
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    base_width: int = 16
-    seed: int = 0
-    val_every: int = 2
-    threads: int = 0  # 0: torch's default
-    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
-    name: str = "unet2d-acdc"
-
-
-def architecture(cfg: TrainConfig) -> dict[str, Any]:
-    """The registry name and constructor arguments of the network a config trains."""
-    return {"name": "unet2d", "kwargs": {"in_channels": 1, "num_classes": 4, "base": cfg.base_width, "depth": 4}}
+    return [dice(pred == k, ref == k) for k in labels]
 
 
 def _predict_slices(model: Any, slices: np.ndarray, device: str, batch: int = 32) -> np.ndarray:
@@ -223,23 +233,26 @@ def _predict_slices(model: Any, slices: np.ndarray, device: str, batch: int = 32
     out = []
     with torch.inference_mode(), torch.autocast(device.split(":")[0], dtype=torch.bfloat16):
         for i in range(0, len(slices), batch):
-            x = torch.from_numpy(slices[i : i + batch].astype(np.float32))[:, None].to(device)
+            x = torch.from_numpy(np.asarray(slices[i : i + batch], dtype=np.float32))[:, None].to(device)
             x = x.contiguous(memory_format=torch.channels_last)
             out.append(model(x).float().argmax(1).cpu().numpy().astype(np.uint8))
     return np.concatenate(out)
 
 
-def validate(model: Any, cache: dict[str, np.ndarray], frames: list[int], device: str) -> dict[str, float]:
-    """Mean model-space 3D Dice per label over the given frames (ED and ES separately)."""
+def validate(model: Any, cache: Cache, patients: set[str], device: str) -> dict[str, float]:
+    """Mean model-space 3D Dice per label over the patients' frames (ED and ES separately)."""
     model.eval()
-    scores: dict[str, list[list[float]]] = {"ED": [], "ES": []}
-    for f in frames:
-        idx = np.nonzero(cache["frame_of_slice"] == f)[0]
-        pred = _predict_slices(model, cache["images"][idx], device)
-        phase = str(cache["frame_names"][f]).split(":")[1]
-        scores[phase].append(dice_per_label(pred, cache["labels"][idx]))
+    by_frame: dict[str, list[int]] = {}
+    for i, r in enumerate(cache.index):
+        if r["patient"] in patients:
+            by_frame.setdefault(r["frame"], []).append(i)
+    scores: dict[str, list[list[float]]] = {}
+    for frame, idx in by_frame.items():
+        phase = cache.index[idx[0]]["phase"] or "all"
+        pred = _predict_slices(model, cache.images[idx], device)
+        scores.setdefault(phase, []).append(dice_per_label(pred, np.asarray(cache.labels[idx])))
     result = {}
-    for phase, rows in scores.items():
+    for phase, rows in sorted(scores.items()):
         arr = np.array(rows)
         for j, name in enumerate(("rv", "myo", "lv")):
             result[f"dice_{name}_{phase.lower()}"] = float(np.nanmean(arr[:, j]))
@@ -247,142 +260,268 @@ def validate(model: Any, cache: dict[str, np.ndarray], frames: list[int], device
     return result
 
 
-def train(cfg: TrainConfig, log: Any = print) -> Path:
-    """Train (or resume) the baseline U-Net; returns the path of the exported best weights."""
+# ---------------------------------------------------------------------------- the loop
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size) under torchrun, (0, 1) otherwise; initialises the process group."""
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), world
+
+
+def _train_module(model: Any, seg_weight: float, dm_weight: float) -> Any:
+    """The network plus the learned log-sigmas of Eq. 7, as one module (one DDP wrapper)."""
+    import torch
+    from torch import nn
+
+    class TrainModule(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+            # s = log sigma, initialised so that 1/sigma equals the initial weights
+            init = [-math.log(seg_weight), -math.log(dm_weight)]
+            self.log_sigma = nn.Parameter(torch.tensor(init, dtype=torch.float32))
+
+        def forward(self, x: Any) -> Any:
+            return self.model.forward_with_aux(x)
+
+    return TrainModule()
+
+
+def _crop_centres(labels: np.ndarray) -> np.ndarray:
+    """(row, col) centre of the labels of each slice; NaN for an empty slice."""
+    centres = np.full((len(labels), 2), np.nan, dtype=np.float32)
+    for i in range(len(labels)):
+        rows, cols = np.nonzero(labels[i])
+        if len(rows):
+            centres[i] = (rows.mean(), cols.mean())
+    return centres
+
+
+def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = print, show_progress: bool = False) -> Path:
+    """Train one fold (resuming from ``OUT/last.pt`` when ``resume``); returns the exported weights.
+
+    Raises ConfigError if OUT already holds a run and ``resume`` is False, or if the run there
+    was made with a different configuration.
+    """
     import torch
 
     from cardioseg.models import build_model
 
+    cfg.check()
+    rank, world = _distributed()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
+    device_type = device.split(":")[0]
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    patients = acdc_patients(Path(cfg.data))
-    folds = stratified_folds(patients, cfg.n_folds, seed=0)
-    t0 = time.time()
-    cache = build_cache(patients, cfg.preprocess, Path(cfg.cache))
-    log(f"cache: {len(cache['images'])} slices from {len(cache['frame_names'])} frames ({time.time() - t0:.0f} s)")
-    val_names = {p.name for p in patients if folds[p.name] == cfg.val_fold}
-    frame_patient = [str(n).split(":")[0] for n in cache["frame_names"]]
-    val_frames = [i for i, n in enumerate(frame_patient) if n in val_names]
-    train_slices = np.array([i for i, f in enumerate(cache["frame_of_slice"]) if frame_patient[f] not in val_names])
-    labels_all = cache["labels"]
-    centres = np.full((len(labels_all), 2), np.nan, dtype=np.float32)
-    for i in train_slices:
-        rows, cols = np.nonzero(labels_all[i])
-        if len(rows):
-            centres[i] = (rows.mean(), cols.mean())
-    images_t = torch.from_numpy(cache["images"].astype(np.float32))[:, None]
-    labels_t = torch.from_numpy(labels_all)
+    state_path, best_path, log_path = out / "last.pt", out / "best.pt", out / "log.csv"
+    saved_cfg = out / "config.json"
+    if state_path.is_file() and not resume:
+        raise ConfigError(f'"{out}" already holds a training run; pass --resume to continue it or choose another --out')
+    if resume and saved_cfg.is_file():
+        before = json.loads(saved_cfg.read_text())
+        changed = sorted(k for k, v in asdict(cfg).items() if k not in {"epochs", "threads", "out", "cache"} and before.get(k) != v)
+        if changed:
+            raise ConfigError(f'cannot resume "{out}" with different settings: {", ".join(changed)}')
 
+    cache = load_cache(Path(cfg.cache))
+    patients = [Patient(n, g, Path(), 0, 0) for n, g in dict((r["patient"], r["group"]) for r in cache.index).items()]
+    folds = stratified_folds(patients, cfg.n_folds, seed=0)
+    val_patients = {p for p, f in folds.items() if f == cfg.fold}
+    train_slices = cache.slices_of({p for p, f in folds.items() if f != cfg.fold})
+    if len(train_slices) == 0 or not val_patients:
+        raise ConfigError(f"fold {cfg.fold} leaves no training or no validation patients ({len(patients)} patients)")
+    truncation = float(cache.meta["distance_truncation_px"])
+    log(f"cache {cache.path}: {len(cache)} slices, {len(patients)} patients; fold {cfg.fold}: "
+        f"{len(train_slices)} training slices, {len(val_patients)} validation patients")  # fmt: skip
+    # the training slices in memory (float32 for the sampler), labels' centres for cropping
+    images_t = torch.from_numpy(np.asarray(cache.images[train_slices], dtype=np.float32))[:, None]
+    labels_np = np.asarray(cache.labels[train_slices])
+    labels_t = torch.from_numpy(labels_np)
+    dist_t = torch.from_numpy(np.asarray(cache.distmaps[train_slices], dtype=np.float32)) if cfg.dmr else None
+    centres = _crop_centres(labels_np)
+
+    torch.manual_seed(cfg.seed)
     arch = architecture(cfg)
-    model = build_model(arch["name"], **arch["kwargs"]).to(device).to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = max(1, len(train_slices) // cfg.batch_size)
-    total_steps = steps_per_epoch * cfg.epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))
-    )
-    state_path, best_path = out / "last.pt", out / "best.pt"
+    model = build_model(arch["name"], **arch["kwargs"])
+    module = _train_module(model, cfg.seg_weight, cfg.dm_weight).to(device).to(memory_format=torch.channels_last)
+    lr = cfg.resolved_lr()
+    params: list[dict[str, Any]] = [{"params": list(module.model.parameters())}]
+    if cfg.dmr and cfg.weighting == "uncertainty":
+        params.append({"params": [module.log_sigma], "lr": cfg.sigma_lr, "weight_decay": 0.0})
+    if cfg.optimizer == "rmsprop":
+        opt: Any = torch.optim.RMSprop(params, lr=lr, weight_decay=cfg.weight_decay)
+        sched: Any = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg.lr_decay)
+    else:
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(e, cfg.epochs) / cfg.epochs)))
     start_epoch, best = 0, {"dice_mean": -1.0}
-    if state_path.is_file():
-        state = torch.load(state_path, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
+    if resume and state_path.is_file():
+        state = torch.load(state_path, map_location=device, weights_only=True)
+        module.load_state_dict(state["module"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
-        start_epoch, best = state["epoch"] + 1, state["best"]
-        rng = np.random.default_rng(cfg.seed + start_epoch)
-        torch.manual_seed(cfg.seed + start_epoch)
+        start_epoch, best = int(state["epoch"]) + 1, json.loads(state["best"])
         log(f"resumed at epoch {start_epoch}, best so far {best['dice_mean']:.4f}")
-    log_path = out / "log.csv"
-    if start_epoch == 0:
-        with open(log_path, "w", newline="") as f:
-            csv.writer(f).writerow(["epoch", "loss", "lr", "seconds", "val_dice_mean", "val_json"])
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
+    net: Any = module
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
 
-    for epoch in range(start_epoch, cfg.epochs):
-        model.train()
-        t_epoch = time.time()
-        order = rng.permutation(train_slices)
-        losses = []
-        for step in range(steps_per_epoch):
-            idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            c = centres[idx].copy()
-            missing = np.isnan(c[:, 0]) | (rng.random(len(idx)) < 0.2)
-            h = images_t.shape[-1]
-            c[missing] = rng.uniform(cfg.crop_px / 2 - 16, h - cfg.crop_px / 2 + 16, (int(missing.sum()), 2))
-            c[~missing] += rng.uniform(-40, 40, (int((~missing).sum()), 2))
-            x, y = augment_batch(images_t[idx], labels_t[idx], c, cfg.crop_px, rng)
-            x = x.to(device).contiguous(memory_format=torch.channels_last)
-            y = y.to(device)
-            with torch.autocast(device, dtype=torch.bfloat16):
-                logits = model(x)
-            loss = dice_ce_loss(logits, y, 4)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        net = DistributedDataParallel(module, device_ids=[device] if device_type == "cuda" else None)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        saved_cfg.write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+        if start_epoch == 0:
+            with open(log_path, "w", newline="") as f:
+                csv.writer(f).writerow(
+                    ["epoch", "loss", "seg_loss", "dm_loss", "sigma_seg", "sigma_dm", "lr", "seconds", "val_dice_mean", "val_json"]
+                )
+
+    per_rank_batch = max(1, math.ceil(cfg.batch_size / world))
+    steps = max(1, len(train_slices) // (per_rank_batch * world))
+    h = images_t.shape[-1]
+    progress = _progress(show_progress and rank == 0)
+    with progress:
+        for epoch in range(start_epoch, cfg.epochs):
+            rng = np.random.default_rng([cfg.seed, epoch, rank])
+            torch.manual_seed(cfg.seed * 100003 + epoch * 101 + rank)
+            order = np.random.default_rng([cfg.seed, epoch]).permutation(len(train_slices))[rank::world]
+            module.train()
+            t0 = time.time()
+            sums = np.zeros(3)
+            task = progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=steps)
+            for step in range(steps):
+                idx = order[step * per_rank_batch : (step + 1) * per_rank_batch]
+                c = centres[idx].copy()
+                far = np.isnan(c[:, 0]) | (rng.random(len(idx)) < 0.2)
+                c[far] = rng.uniform(cfg.crop_px / 2 - 16, h - cfg.crop_px / 2 + 16, (int(far.sum()), 2))
+                c[~far] += rng.uniform(-h / 8, h / 8, (int((~far).sum()), 2))  # translation up to 1/8
+                batch = augment_batch(images_t[idx], labels_t[idx], c, cfg.crop_px, rng,
+                                      dist_t[idx] if dist_t is not None else None, truncation)  # fmt: skip
+                x = batch[0].to(device).contiguous(memory_format=torch.channels_last)
+                y = batch[1].to(device)
+                with torch.autocast(device_type, dtype=torch.bfloat16):
+                    logits, dm_pred = net(x)
+                seg = segmentation_loss(cfg.loss, logits, y)
+                if cfg.dmr:
+                    mad = (dm_pred.float() - batch[2].to(device)).abs().mean()
+                    loss = multitask_loss(seg, mad, module.log_sigma, cfg.weighting, cfg.seg_weight, cfg.dm_weight)
+                else:
+                    mad = torch.zeros(())
+                    loss = seg + 0.0 * module.log_sigma.sum()  # keeps DDP's gradient bookkeeping uniform
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sums += [float(loss.detach()), float(seg.detach()), float(mad.detach())]
+                progress.update(task, advance=1)
+            progress.remove_task(task)
             sched.step()
-            losses.append(float(loss.detach()))
-        seconds = time.time() - t_epoch
-        val: dict[str, float] = {}
-        if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
-            val = validate(model, cache, val_frames, device)
-            if val["dice_mean"] > best["dice_mean"]:
-                best = {**val, "epoch": epoch + 1}
-                torch.save({"model": model.state_dict(), "best": best}, best_path)
-        torch.save(
-            {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "epoch": epoch, "best": best},
-            out / "last.tmp.pt",
-        )
-        (out / "last.tmp.pt").replace(state_path)
-        with open(log_path, "a", newline="") as f:
-            csv.writer(f).writerow(
-                [epoch + 1, f"{np.mean(losses):.4f}", f"{sched.get_last_lr()[0]:.2e}", f"{seconds:.1f}",
-                 f"{val.get('dice_mean', float('nan')):.4f}", json.dumps(val)]
-            )
-        log(f"epoch {epoch + 1}/{cfg.epochs} loss {np.mean(losses):.4f} {seconds:.0f}s "
-            + (f"val dice {val['dice_mean']:.4f} (best {best['dice_mean']:.4f})" if val else ""))
+            seconds = time.time() - t0
+            val: dict[str, float] = {}
+            if rank == 0 and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
+                val = validate(model, cache, val_patients, device)
+                if val["dice_mean"] > best["dice_mean"]:
+                    best = {**val, "epoch": epoch + 1}
+                    _save_atomic({"model": model.state_dict(), "best": json.dumps(best)}, best_path)
+            if rank == 0:
+                _save_atomic(
+                    {"module": module.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                     "epoch": epoch, "best": json.dumps(best)},
+                    state_path,
+                )  # fmt: skip
+                sigma = torch.exp(module.log_sigma.detach()).tolist()
+                mean = sums / steps
+                with open(log_path, "a", newline="") as f:
+                    csv.writer(f).writerow(
+                        [epoch + 1, f"{mean[0]:.4f}", f"{mean[1]:.4f}", f"{mean[2]:.3f}", f"{sigma[0]:.4f}", f"{sigma[1]:.4f}",
+                         f"{sched.get_last_lr()[0]:.3e}", f"{seconds:.1f}", f"{val.get('dice_mean', float('nan')):.4f}", json.dumps(val)]
+                    )  # fmt: skip
+                log(f"epoch {epoch + 1}/{cfg.epochs} loss {mean[0]:.4f} (seg {mean[1]:.4f}, dm {mean[2]:.2f}) {seconds:.0f}s"
+                    + (f" val dice {val['dice_mean']:.4f} (best {best['dice_mean']:.4f})" if val else ""))  # fmt: skip
+            if world > 1:
+                import torch.distributed as dist
 
+                dist.barrier()
+    if rank != 0:
+        return out / f"{cfg.weights_name()}.pt"
     return export_run(cfg, log)
 
 
-def export_run(cfg: TrainConfig, log: Any = print) -> Path:
-    """Export the best checkpoint of a (finished or interrupted) run as shipped-format weights."""
+def _progress(enabled: bool) -> Any:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=Console(stderr=True), disable=not enabled, transient=True,
+    )  # fmt: skip
+
+
+def _save_atomic(obj: Any, path: Path) -> None:
+    import torch
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def load_config(out: Path) -> TrainConfig:
+    """The configuration a run folder was trained with."""
+    path = Path(out) / "config.json"
+    if not path.is_file():
+        raise ConfigError(f'No training run in "{out}" (config.json missing)')
+    saved = json.loads(path.read_text())
+    known = {f.name for f in fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in saved.items() if k in known})
+
+
+def export_run(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
+    """Export the best checkpoint of a run as shipped-format weights, without the regulariser."""
     import torch
 
     from cardioseg.models import build_model
+    from cardioseg.models.unet import DMR_PREFIX
     from cardioseg.weights import export_weights
 
     out = Path(cfg.out)
     best_path = out / "best.pt"
     if not best_path.is_file():
         raise ConfigError(f'No best checkpoint in "{out}" yet')
-    patients = acdc_patients(Path(cfg.data))
+    cache = load_cache(Path(cfg.cache))
+    patients = [Patient(n, g, Path(), 0, 0) for n, g in dict((r["patient"], r["group"]) for r in cache.index).items()]
     folds = stratified_folds(patients, cfg.n_folds, seed=0)
-    val_names = {p.name for p in patients if folds[p.name] == cfg.val_fold}
-    arch = architecture(cfg)
+    val_names = sorted(p for p, f in folds.items() if f == cfg.fold)
+    arch = architecture(cfg, dmr=False)
     model = build_model(arch["name"], **arch["kwargs"])
-    best_state = torch.load(best_path, map_location="cpu", weights_only=False)
-    best = best_state["best"]
-    model.load_state_dict(best_state["model"])
-    exported = out / f"{cfg.name}.pt"
+    saved = torch.load(best_path, map_location="cpu", weights_only=True)
+    best = json.loads(saved["best"])
+    model.load_state_dict({k: v for k, v in saved["model"].items() if not k.startswith(DMR_PREFIX)})
+    name = cfg.weights_name()
+    exported = out / f"{name}.pt"
+    recipe = {k: v for k, v in asdict(cfg).items() if k not in {"cache", "out", "threads", "name"}}
+    recipe["lr"] = cfg.resolved_lr()
     export_weights(
-        model.cpu(),
+        model,
         exported,
-        name=cfg.name,
+        name=name,
         architecture=arch,
-        preprocess=cfg.preprocess,
-        label_map=ACDC,
+        preprocess=PreprocessConfig.from_dict(cache.meta["preprocess"]),
+        label_map=label_map_from_dict(cache.meta["label_map"], cache.meta.get("label_map_name", "custom")),
         training={
-            "data": "ACDC training set, 80 patients available here (ED+ES frames, expert labels)",
-            "train_patients": sorted(p.name for p in patients if p.name not in val_names),
-            "val_patients": sorted(val_names),
-            "split": f"fold {cfg.val_fold} of {cfg.n_folds} patient-level folds stratified by group (seed 0)",
-            "recipe": {k: v for k, v in asdict(cfg).items() if k not in {"data", "out", "cache", "preprocess"}},
-            "loss": "cross-entropy + soft Dice",
+            "data": f"{len(patients)} patients of the cache at {cache.path.name} (ED+ES frames, expert labels)",
+            "train_patients": sorted(p for p, f in folds.items() if f != cfg.fold),
+            "val_patients": val_names,
+            "split": f"fold {cfg.fold} of {cfg.n_folds} patient-level folds stratified by group (seed 0)",
+            "recipe": recipe,
+            "distance_map_regulariser": "used in training, removed from these weights" if cfg.dmr else "none",
             "best_epoch": best.get("epoch"),
         },
         validation={"model_space": {k: v for k, v in best.items() if k != "epoch"}},
@@ -390,3 +529,9 @@ def export_run(cfg: TrainConfig, log: Any = print) -> Path:
     )
     log(f"exported {exported} (best epoch {best.get('epoch')}, val dice {best['dice_mean']:.4f})")
     return exported
+
+
+def fold_configs(cfg: TrainConfig, folds: list[int] | None = None) -> list[TrainConfig]:
+    """One config per fold, each in ``OUT/fold{k}`` (for ``cardioseg train --all-folds``)."""
+    return [replace(cfg, fold=k, out=str(Path(cfg.out) / f"fold{k}")) for k in (folds if folds is not None else range(cfg.n_folds))]
+

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from cardioseg.cli import app
 from cardioseg.weights import sha256_file
 
-from conftest import REPO_ROOT, save_nifti
+from conftest import REPO_ROOT, export_tiny_weights, save_nifti
 
 runner = CliRunner()
 FAST = ["--device", "cpu", "--precision", "fp32", "--quiet"]
@@ -57,7 +57,7 @@ def test_help():
     assert "predict" in result.output
     result = runner.invoke(app, ["predict", "--help"])
     assert result.exit_code == 0
-    for option in ("--out", "--ed", "--es", "--weights", "--device", "--ed-frame", "--myo-density"):
+    for option in ("--out", "--ed", "--es", "--weights", "--ensemble", "--device", "--ed-frame", "--myo-density"):
         assert option in result.output
 
 
@@ -307,3 +307,64 @@ def test_duplicate_study_names_exit_1(tmp_path, small_phantom):
     result = runner.invoke(app, ["predict", str(a), str(b), "-o", str(tmp_path / "out"), *FAST])
     assert result.exit_code == 1 and "x" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------- ensembles
+
+
+@pytest.fixture(scope="module")
+def second_weights_path(tmp_path_factory) -> Path:
+    return export_tiny_weights(tmp_path_factory.mktemp("weights_b") / "tiny_b.pt", seed=1)
+
+
+def test_predict_ensemble_mean(tmp_path, small_phantom, tiny_weights_path, second_weights_path):
+    from cardioseg.inference import Ensemble, PredictOptions
+    from cardioseg.weights import load_weights
+
+    frame = save_nifti(tmp_path / "in" / "frame.nii.gz", small_phantom.image[..., 0], small_phantom.affine)
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app,
+        ["predict", str(frame), "-o", str(out), "--weights", str(tiny_weights_path),
+         "--weights", str(second_weights_path), "--ensemble", "mean", *FAST],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    seg = nib.load(str(out / "frame_seg.nii.gz"))
+    assert seg.shape == small_phantom.image.shape[:3]
+    assert np.allclose(seg.affine, nib.load(str(frame)).affine)
+    members = [load_weights(tiny_weights_path), load_weights(second_weights_path)]
+    expected = Ensemble(members, PredictOptions(device="cpu", precision="fp32", ensemble="mean"))
+    assert np.array_equal(np.asarray(seg.dataobj), expected.predict(small_phantom.image[..., 0], small_phantom.affine))
+
+    report = json.loads((out / "frame_report.json").read_text())
+    assert report["weights"]["ensemble"] == "mean"
+    shas = [sha256_file(tiny_weights_path), sha256_file(second_weights_path)]
+    assert [m["sha256"] for m in report["weights"]["members"]] == shas
+    assert report["weights"]["name"] == "tiny-test+tiny-test"
+    with open(out / "summary.csv", newline="") as f:
+        assert [r["study"] for r in csv.DictReader(f)] == ["frame"]
+
+
+def test_predict_ensemble_bogus_mode_exit_2(tmp_path, cine_file, tiny_weights_path, second_weights_path):
+    args = ["predict", str(cine_file), "-o", str(tmp_path / "out"), "--weights", str(tiny_weights_path),
+            "--weights", str(second_weights_path), "--ensemble", "bogus", *FAST]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert "vote" in result.output and "mean" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_predict_ensemble_label_map_mismatch_exit_1(tmp_path, cine_file, tiny_weights_path):
+    import torch
+
+    ckpt = torch.load(tiny_weights_path, weights_only=True)
+    ckpt.update(name="tiny-mnms", label_map={"background": 0, "rv": 3, "myo": 2, "lv": 1}, label_map_name="mnms")
+    mnms = tmp_path / "mnms.pt"
+    torch.save(ckpt, mnms)
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app, ["predict", str(cine_file), "-o", str(out), "-w", str(tiny_weights_path), "-w", str(mnms), *FAST]
+    )
+    assert result.exit_code == 1
+    assert "label map" in result.stderr and "tiny-test" in result.stderr and "tiny-mnms" in result.stderr
+    assert not out.exists()

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from cardioseg.errors import ConfigError
+from cardioseg.errors import CardiosegError, ConfigError
 from cardioseg.inference import (
+    Ensemble,
     PredictOptions,
     Predictor,
     cpu_supports_bf16,
@@ -19,6 +20,35 @@ from cardioseg.inference import (
 @pytest.fixture(scope="module")
 def cine(small_phantom):
     return small_phantom.image[..., :3], small_phantom.affine
+
+
+FP32_RAW = PredictOptions(device="cpu", precision="fp32", postprocess=False)
+
+
+@pytest.fixture(scope="module")
+def other_weights(tmp_path_factory):
+    """Two more tiny networks with other seeds; the first also has another model grid (48 px)."""
+    from conftest import export_tiny_weights
+
+    from cardioseg.weights import load_weights
+
+    folder = tmp_path_factory.mktemp("ensemble")
+    return [
+        load_weights(export_tiny_weights(folder / "b.pt", seed=1, fov_px=48)),
+        load_weights(export_tiny_weights(folder / "c.pt", seed=2)),
+    ]
+
+
+def native_probabilities_by_hand(weights, frame, affine):
+    """(C, X, Y, Z) probabilities of one network, spelled out step by step with its own preprocessing."""
+    from cardioseg.geometry import ModelSpace
+    from cardioseg.preprocess import normalize_intensity
+
+    cfg = weights.preprocess
+    space = ModelSpace.for_image(affine, frame.shape, cfg.spacing_mm, cfg.fov_px)
+    norm, floor = normalize_intensity(frame, cfg.clip_low_pct, cfg.clip_high_pct)
+    slices = space.image_to_model(norm, cval=floor)
+    return space.probabilities_to_native(Predictor(weights, FP32_RAW).slice_probabilities(slices))
 
 
 def test_predict_3d_frame_shape_and_dtype(fp32_predictor, cine):
@@ -142,3 +172,91 @@ def test_resolve_precision():
     assert resolve_precision("auto", "cpu") == ("bf16" if cpu_supports_bf16() else "fp32")
     with pytest.raises(ConfigError):
         resolve_precision("fp8", "cpu")
+
+
+# ---------------------------------------------------------------------------- ensembles
+
+
+@pytest.mark.parametrize("mode", ["vote", "mean"])
+def test_one_member_ensemble_is_the_predictor_bit_for_bit(tiny_weights, cine, mode):
+    image, affine = cine
+    options = PredictOptions(device="cpu", precision="fp32", ensemble=mode)  # post-processing on
+    ensemble = Ensemble([tiny_weights], options)
+    assert np.array_equal(ensemble.predict(image, affine), Predictor(tiny_weights, options).predict(image, affine))
+    assert ensemble.device == "cpu" and ensemble.precision == "fp32"
+
+
+def test_mean_ensemble_is_the_argmax_of_the_mean_probabilities(tiny_weights, other_weights, cine):
+    image, affine = cine
+    frame = image[..., 0]
+    members = [tiny_weights, other_weights[0]]  # 64 px and 48 px model grids
+    assert members[0].preprocess != members[1].preprocess
+    p0, p1 = (native_probabilities_by_hand(w, frame, affine) for w in members)
+    expected = np.argmax((p0 + p1) / 2, axis=0)
+    got = Ensemble(members, PredictOptions(device="cpu", precision="fp32", postprocess=False, ensemble="mean"))
+    mask = got.predict(frame, affine)
+    assert mask.dtype == np.uint8 and mask.shape == frame.shape
+    assert np.array_equal(mask, expected)
+    assert not np.array_equal(mask, np.argmax(p0, axis=0))  # not just the first member
+
+
+def test_vote_of_three_is_the_majority_with_ties_to_the_mean(tiny_weights, other_weights, cine):
+    image, affine = cine
+    frame = image[..., 1]
+    members = [tiny_weights, *other_weights]
+    probs = [native_probabilities_by_hand(w, frame, affine) for w in members]
+    a, b, c = (np.argmax(p, axis=0) for p in probs)
+    majority = np.where((a == b) | (a == c), a, np.where(b == c, b, -1))  # -1: all three differ
+    mean = (probs[0] + probs[1] + probs[2]) / 3
+    mask = Ensemble(members, PredictOptions(device="cpu", precision="fp32", postprocess=False)).predict(frame, affine)
+    has_majority = majority >= 0
+    assert has_majority.any() and (majority != a).any()  # the vote overrules the first member somewhere
+    assert (~has_majority).any()  # and there are three-way ties to break
+    assert np.array_equal(mask[has_majority], majority[has_majority])
+    # a three-way tie goes to the tied label with the highest mean probability
+    for x, y, z in zip(*np.nonzero(~has_majority)):
+        tied = {int(a[x, y, z]), int(b[x, y, z]), int(c[x, y, z])}
+        assert mask[x, y, z] == max(sorted(tied), key=lambda k: mean[k, x, y, z])
+
+
+def test_ensemble_postprocesses_once_on_the_combined_labels(tiny_weights, other_weights, cine):
+    image, affine = cine
+    frame = image[..., 0]
+    members = [tiny_weights, other_weights[1]]
+    from cardioseg.geometry import find_orientation
+    from cardioseg.postprocess import keep_largest_components
+
+    raw = Ensemble(members, FP32_RAW).predict(frame, affine)
+    lcc = PredictOptions(device="cpu", precision="fp32", lcc_tolerance_mm=0.0)
+    clean = Ensemble(members, lcc).predict(frame, affine)
+    spacing = tuple(np.linalg.norm(affine[:3, :3], axis=0))
+    slice_axis = find_orientation(affine).perm[2]
+    assert (clean != raw).any()
+    assert np.array_equal(clean, keep_largest_components(raw, spacing, (1, 2, 3), slice_axis, tolerance_mm=0.0))
+
+
+def test_ensemble_members_must_share_a_label_map(tiny_weights):
+    from dataclasses import replace
+    from pathlib import Path
+
+    from cardioseg.labels import MNMS
+
+    other = replace(tiny_weights, name="mnms-net", path=Path("mnms.pt"), label_map=MNMS)
+    with pytest.raises(CardiosegError, match="label map") as err:
+        Ensemble([tiny_weights, other], FP32_RAW)
+    assert "tiny-test" in str(err.value) and "mnms-net" in str(err.value)
+
+
+def test_ensemble_rejects_an_unknown_mode_and_no_members(tiny_weights):
+    with pytest.raises(ConfigError, match="vote or mean"):
+        Ensemble([tiny_weights], PredictOptions(device="cpu", ensemble="median"))
+    with pytest.raises(ConfigError):
+        Ensemble([], PredictOptions(device="cpu"))
+
+
+def test_ensemble_weights_report_names_every_member(tiny_weights, other_weights):
+    ensemble = Ensemble([tiny_weights, *other_weights], PredictOptions(device="cpu", ensemble="mean"))
+    report = ensemble.weights_report
+    assert report["ensemble"] == "mean"
+    assert [m["sha256"] for m in report["members"]] == [w.file_sha256 for w in (tiny_weights, *other_weights)]
+    assert Predictor(tiny_weights, FP32_RAW).weights_report == {"name": "tiny-test", "sha256": tiny_weights.file_sha256}

@@ -13,7 +13,19 @@ def _unet2d(**kwargs: Any) -> Any:
     return UNet2D(**kwargs)
 
 
-ARCHITECTURES = {"unet2d": _unet2d}
+def _segnet2d(**kwargs: Any) -> Any:
+    from cardioseg.models.unet import SegNet2D
+
+    return SegNet2D(skips=False, **kwargs)
+
+
+def _usegnet2d(**kwargs: Any) -> Any:
+    from cardioseg.models.unet import SegNet2D
+
+    return SegNet2D(skips=True, **kwargs)
+
+
+ARCHITECTURES = {"unet2d": _unet2d, "segnet2d": _segnet2d, "usegnet2d": _usegnet2d}
 
 
 def build_model(name: str, **kwargs: Any) -> Any:

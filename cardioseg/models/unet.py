@@ -1,20 +1,65 @@
-"""The 2D U-Net baseline of the DMR paper: four down/up levels, batch norm, ReLU."""
+"""The DMR paper's fully convolutional networks and its distance-map regulariser (Figs. 2-3).
+
+- ``UNet2D``: encoder, bottleneck, transposed-convolution decoder with skip connections.
+- ``SegNet2D``: the decoder upsamples with the encoder's max-pooling indices; ``skips=True``
+  adds U-Net skip connections (the paper's U-SegNet, Fig. 2e).
+
+Each takes ``dmr=True`` to add the distance-map regulariser: a SegNet-like decoder from the
+bottleneck to full resolution with ``num_classes - 1`` outputs (the truncated signed distance
+maps of the foreground classes). It runs only in ``forward_with_aux`` (training); ``forward``
+returns the segmentation logits alone, and exported weights drop the regulariser
+(``DMR_PREFIX``), so the shipped network is the plain one.
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
+
+DMR_PREFIX = "dmr."  # state-dict keys of the regulariser, dropped on export
+
+
+def _conv(c_in: int, c_out: int) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
 
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
-        nn.BatchNorm2d(c_out),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
-        nn.BatchNorm2d(c_out),
-        nn.ReLU(inplace=True),
-    )
+    return nn.Sequential(*_conv(c_in, c_out), *_conv(c_out, c_out))
+
+
+def _init(module: nn.Module) -> None:
+    """Kaiming-uniform weights, zero biases (DMR paper II-F)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.kaiming_uniform_(m.weight, nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+class DistanceDecoder(nn.Module):
+    """SegNet-like decoder from the bottleneck to (N, out_channels, H, W) distance maps.
+
+    Per level, from the deepest: a 3x3 conv to that level's width, upsampling (max-unpooling
+    with the encoder's indices when given, else bilinear), a 3x3 conv; then a 1x1 conv.
+    """
+
+    def __init__(self, widths: list[int], out_channels: int) -> None:
+        super().__init__()
+        depth = len(widths) - 1
+        self.reduce = nn.ModuleList([nn.Sequential(*_conv(widths[i + 1], widths[i])) for i in reversed(range(depth))])
+        self.refine = nn.ModuleList([nn.Sequential(*_conv(widths[i], widths[i])) for i in reversed(range(depth))])
+        self.out = nn.Conv2d(widths[0], out_channels, 1)
+
+    def forward(self, x: torch.Tensor, indices: list[torch.Tensor] | None = None) -> torch.Tensor:
+        for level, (reduce, refine) in enumerate(zip(self.reduce, self.refine)):
+            x = reduce(x)
+            if indices is not None:
+                x = F.max_unpool2d(x, indices[-1 - level], 2)
+            else:
+                x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+            x = refine(x)
+        return self.out(x)
 
 
 class UNet2D(nn.Module):
@@ -23,33 +68,87 @@ class UNet2D(nn.Module):
     H and W must be multiples of 2**depth. Channel widths are ``base * 2**level``.
     """
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 4, base: int = 16, depth: int = 4) -> None:
+    def __init__(self, in_channels: int = 1, num_classes: int = 4, base: int = 16, depth: int = 4, dmr: bool = False) -> None:
         super().__init__()
         widths = [base * 2**i for i in range(depth + 1)]
         self.depth = depth
-        self.encoders = nn.ModuleList(
-            [_block(in_channels if i == 0 else widths[i - 1], widths[i]) for i in range(depth)]
-        )
+        self.encoders = nn.ModuleList([_block(in_channels if i == 0 else widths[i - 1], widths[i]) for i in range(depth)])
         self.bottleneck = _block(widths[depth - 1], widths[depth])
         self.pool = nn.MaxPool2d(2)
-        self.ups = nn.ModuleList(
-            [nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in reversed(range(depth))]
-        )
+        self.ups = nn.ModuleList([nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in reversed(range(depth))])
         self.decoders = nn.ModuleList([_block(2 * widths[i], widths[i]) for i in reversed(range(depth))])
         self.head = nn.Conv2d(widths[0], num_classes, 1)
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-                nn.init.kaiming_uniform_(m.weight, nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        self.dmr = DistanceDecoder(widths, num_classes - 1) if dmr else None
+        _init(self)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _segment(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, bottleneck features)."""
         skips = []
         for enc in self.encoders:
             x = enc(x)
             skips.append(x)
             x = self.pool(x)
-        x = self.bottleneck(x)
+        bottom = self.bottleneck(x)
+        x = bottom
         for up, dec, skip in zip(self.ups, self.decoders, reversed(skips)):
             x = dec(torch.cat([up(x), skip], dim=1))
+        return self.head(x), bottom
+
+    def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(segmentation logits, distance maps or None without the regulariser)."""
+        logits, bottom = self._segment(x)
+        return logits, (self.dmr(bottom) if self.dmr is not None else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._segment(x)[0]
+
+
+class SegNet2D(nn.Module):
+    """SegNet (``skips=False``) or U-SegNet (``skips=True``): max-unpooling decoders.
+
+    Per decoder level, from the deepest: a 3x3 conv to that level's width, max-unpooling with
+    the encoder's pooling indices, (U-SegNet: concatenation with the encoder features), and a
+    two-conv block.
+    """
+
+    def __init__(
+        self, in_channels: int = 1, num_classes: int = 4, base: int = 16, depth: int = 4,
+        skips: bool = False, dmr: bool = False,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        widths = [base * 2**i for i in range(depth + 1)]
+        self.skips = skips
+        self.encoders = nn.ModuleList([_block(in_channels if i == 0 else widths[i - 1], widths[i]) for i in range(depth)])
+        self.bottleneck = _block(widths[depth - 1], widths[depth])
+        self.reduce = nn.ModuleList([nn.Sequential(*_conv(widths[i + 1], widths[i])) for i in reversed(range(depth))])
+        factor = 2 if skips else 1
+        self.decoders = nn.ModuleList([_block(factor * widths[i], widths[i]) for i in reversed(range(depth))])
+        self.head = nn.Conv2d(widths[0], num_classes, 1)
+        self.dmr = DistanceDecoder(widths, num_classes - 1) if dmr else None
+        _init(self)
+
+    def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        feats, indices = [], []
+        for enc in self.encoders:
+            x = enc(x)
+            feats.append(x)
+            x, idx = F.max_pool2d(x, 2, return_indices=True)
+            indices.append(idx)
+        return self.bottleneck(x), feats, indices
+
+    def _decode(self, x: torch.Tensor, feats: list[torch.Tensor], indices: list[torch.Tensor]) -> torch.Tensor:
+        for level, (reduce, dec) in enumerate(zip(self.reduce, self.decoders)):
+            x = F.max_unpool2d(reduce(x), indices[-1 - level], 2)
+            if self.skips:
+                x = torch.cat([x, feats[-1 - level]], dim=1)
+            x = dec(x)
         return self.head(x)
+
+    def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        bottom, feats, indices = self._encode(x)
+        logits = self._decode(bottom, feats, indices)
+        return logits, (self.dmr(bottom, indices) if self.dmr is not None else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bottom, feats, indices = self._encode(x)
+        return self._decode(bottom, feats, indices)
