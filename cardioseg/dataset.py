@@ -208,7 +208,7 @@ class Cache:
 def build_cache(
     frames: list[LabelledFrame],
     out: Path,
-    cfg: PreprocessConfig = PreprocessConfig(),
+    cfg: PreprocessConfig | None = None,
     label_map: LabelMap = ACDC,
     truncation_px: float = DISTANCE_TRUNCATION_PX,
     progress: Callable[[LabelledFrame], None] | None = None,
@@ -217,6 +217,7 @@ def build_cache(
     from cardioseg import __version__
 
     out = Path(out)
+    cfg = cfg or PreprocessConfig()
     values = tuple(label_map.structures.values())
     images, labels, index = [], [], []
     for frame in frames:

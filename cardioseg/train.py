@@ -247,7 +247,7 @@ def validate(model: Any, cache: Cache, patients: set[str], device: str) -> dict[
         if r["patient"] in patients:
             by_frame.setdefault(r["frame"], []).append(i)
     scores: dict[str, list[list[float]]] = {}
-    for frame, idx in by_frame.items():
+    for idx in by_frame.values():
         phase = cache.index[idx[0]]["phase"] or "all"
         pred = _predict_slices(model, cache.images[idx], device)
         scores.setdefault(phase, []).append(dice_per_label(pred, np.asarray(cache.labels[idx])))
@@ -295,6 +295,11 @@ def _train_module(model: Any, seg_weight: float, dm_weight: float) -> Any:
     return TrainModule()
 
 
+def _cache_patients(cache: Cache) -> list[Patient]:
+    """The patients of a cache with their groups (for the folds)."""
+    return [Patient(n, g, Path(), 0, 0) for n, g in {r["patient"]: r["group"] for r in cache.index}.items()]
+
+
 def _crop_centres(labels: np.ndarray) -> np.ndarray:
     """(row, col) centre of the labels of each slice; NaN for an empty slice."""
     centres = np.full((len(labels), 2), np.nan, dtype=np.float32)
@@ -319,7 +324,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
     rank, world = _distributed()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
+    device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
     device_type = device.split(":")[0]
     out = Path(cfg.out)
     state_path, best_path, log_path = out / "last.pt", out / "best.pt", out / "log.csv"
@@ -333,7 +338,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
             raise ConfigError(f'cannot resume "{out}" with different settings: {", ".join(changed)}')
 
     cache = load_cache(Path(cfg.cache))
-    patients = [Patient(n, g, Path(), 0, 0) for n, g in dict((r["patient"], r["group"]) for r in cache.index).items()]
+    patients = _cache_patients(cache)
     folds = stratified_folds(patients, cfg.n_folds, seed=0)
     val_patients = {p for p, f in folds.items() if f == cfg.fold}
     train_slices = cache.slices_of({p for p, f in folds.items() if f != cfg.fold})
@@ -496,7 +501,7 @@ def export_run(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
     if not best_path.is_file():
         raise ConfigError(f'No best checkpoint in "{out}" yet')
     cache = load_cache(Path(cfg.cache))
-    patients = [Patient(n, g, Path(), 0, 0) for n, g in dict((r["patient"], r["group"]) for r in cache.index).items()]
+    patients = _cache_patients(cache)
     folds = stratified_folds(patients, cfg.n_folds, seed=0)
     val_names = sorted(p for p, f in folds.items() if f == cfg.fold)
     arch = architecture(cfg, dmr=False)

@@ -101,7 +101,7 @@ def test_unknown_loss() -> None:
 def test_multitask_loss_eq7_and_fixed() -> None:
     seg, dm = torch.tensor(0.7), torch.tensor(3.0)
     s = torch.tensor([0.5, -0.2], requires_grad=True)
-    assert float(multitask_loss(seg, dm, s, "fixed", 2.0, 0.5)) == pytest.approx(2 * 0.7 + 0.5 * 3.0)
+    assert float(multitask_loss(seg, dm, s, "fixed", 2.0, 0.5).detach()) == pytest.approx(2 * 0.7 + 0.5 * 3.0)
     value = multitask_loss(seg, dm, s, "uncertainty", 1.0, 1.0)
     assert float(value.detach()) == pytest.approx(0.7 / math.exp(0.5) + 3.0 / math.exp(-0.2) + 0.5 - 0.2)
     value.backward()  # d/ds = 1 - L/sigma: the optimum is sigma = L

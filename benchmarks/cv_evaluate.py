@@ -1,0 +1,67 @@
+"""Score cross-validation runs with ``cardioseg evaluate``: every patient by its own fold's model.
+
+    python benchmarks/cv_evaluate.py RUNS [--data ../shared/data/acdc] [--variants unet dmr]
+
+For each variant in RUNS/<variant>/fold*/ with exported weights, the validation patients named
+in each fold's weights are segmented by ``cardioseg predict --weights <that fold's .pt>``
+into RUNS/pred_<variant>/; then ``cardioseg evaluate`` scores each variant (RUNS/eval_<variant>)
+and the first variant against each other one with ``--compare`` (RUNS/eval_<a>_vs_<b>).
+Folds missing from any variant are left out of every variant, so comparisons stay paired.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fold_weights(run: Path) -> dict[int, Path]:
+    out = {}
+    for fold_dir in sorted(run.glob("fold*")):
+        pts = [p for p in fold_dir.glob("*.pt") if p.name not in ("last.pt", "best.pt")]
+        if pts:
+            out[int(fold_dir.name[4:])] = pts[0]
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("runs", type=Path)
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "acdc")
+    ap.add_argument("--variants", nargs="+", default=["unet", "dmr"])
+    args = ap.parse_args()
+    if not args.data.is_dir():
+        print(f"no ACDC data at {args.data}")
+        return 0
+    from cardioseg.weights import load_weights
+
+    cli = [sys.executable, "-m", "cardioseg"]
+    weights = {v: fold_weights(args.runs / v) for v in args.variants}
+    folds = sorted(set.intersection(*(set(w) for w in weights.values())))
+    print(f"folds with every variant: {folds}")
+    for v in args.variants:
+        pred = args.runs / f"pred_{v}"
+        for k in folds:
+            patients = load_weights(str(weights[v][k])).meta["training"]["val_patients"]
+            missing = [p for p in patients if not (pred / f"{p}_report.json").is_file()]
+            if missing:
+                subprocess.run([*cli, "predict", *(str(args.data / p) for p in missing), "-o", str(pred),
+                                "--weights", str(weights[v][k]), "-q"], check=True)  # fmt: skip
+        keep = {p for k in folds for p in load_weights(str(weights[v][k])).meta["training"]["val_patients"]}
+        for f in pred.glob("*_seg.nii.gz"):  # a fold dropped since: keep the comparison paired
+            if f.name.split("_")[0] not in keep:
+                f.unlink()
+        subprocess.run([*cli, "evaluate", str(pred), str(args.data), "-o", str(args.runs / f"eval_{v}"), "-q"], check=True)
+    a = args.variants[0]
+    for b in args.variants[1:]:
+        subprocess.run([*cli, "evaluate", str(args.runs / f"pred_{b}"), str(args.data), "-o",
+                        str(args.runs / f"eval_{b}_vs_{a}"), "--compare", str(args.runs / f"pred_{a}")], check=True)  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
