@@ -9,6 +9,11 @@ weighted by learned uncertainties (Eq. 7, s = log sigma) or fixed weights; Kaimi
 init; RMSprop, lr 1e-4 single-task / 5e-4 multi-task, x0.99 per epoch; batch 15; the
 checkpoint with the best validation Dice is kept. bf16 autocast on CPU and CUDA.
 
+The regulariser regresses the maps in units of ``dm_unit_px`` (default T = 250 px, so values
+lie in [-1, ~0.3]): an output layer cannot reach -250 at the optimisers' step sizes, while
+the learned weighting of Eq. 7 is indifferent to the unit at its optimum. The log-sigmas learn
+at their own rate (``sigma_lr``) so that the weighting settles within a few epochs.
+
 One "epoch" is one pass over the training slices, each randomly transformed (the paper adds
 four transformed copies of each slice instead). Runs resume from ``OUT/last.pt``; under
 ``torchrun`` the loop trains with DistributedDataParallel (gloo on CPU, nccl on GPU).
@@ -71,6 +76,7 @@ class TrainConfig:
     seg_weight: float = 1.0  # fixed weights (and the uncertainty weights' initial 1/sigma)
     dm_weight: float = 1.0
     sigma_lr: float = 1e-2  # learning rate of the log-sigmas (settle in a few epochs)
+    dm_unit_px: float = 250.0  # distance maps are regressed in units of this many pixels
     optimizer: str = "rmsprop"  # one of OPTIMIZERS
     lr: float = 0.0  # 0: the paper's (RMSprop 1e-4 single-task, 5e-4 with dmr; AdamW 1e-3)
     lr_decay: float = 0.99  # per epoch (RMSprop); AdamW uses cosine decay to 1 %
@@ -417,8 +423,9 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
                     logits, dm_pred = net(x)
                 seg = segmentation_loss(cfg.loss, logits, y)
                 if cfg.dmr:
-                    mad = (dm_pred.float() - batch[2].to(device)).abs().mean()
+                    mad = (dm_pred.float() - batch[2].to(device) / cfg.dm_unit_px).abs().mean()
                     loss = multitask_loss(seg, mad, module.log_sigma, cfg.weighting, cfg.seg_weight, cfg.dm_weight)
+                    mad = mad * cfg.dm_unit_px  # logged in pixels
                 else:
                     mad = torch.zeros(())
                     loss = seg + 0.0 * module.log_sigma.sum()  # keeps DDP's gradient bookkeeping uniform
