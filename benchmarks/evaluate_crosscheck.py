@@ -71,13 +71,16 @@ def main() -> int:
     compared = 0
     by_case = {r.case.key: r.case for r in ev.results}
     structures = {"rv": 1, "myo": 2, "lv": 3}
+    loaded: dict[str, tuple] = {}  # the current case's masks, read once for its three structures
     for row in ev.rows:
         case = by_case[row["case"]]
-        pred = np.asarray(read_volume(case.pred).data)
-        ref_vol = read_volume(case.ref)
-        ref = np.asarray(ref_vol.data)
+        if case.key not in loaded:
+            loaded.clear()
+            ref_vol = read_volume(case.ref)
+            loaded[case.key] = (np.asarray(read_volume(case.pred).data), np.asarray(ref_vol.data), ref_vol.spacing_mm)
+        pred, ref, spacing = loaded[case.key]
         value = structures[row["label"]]
-        theirs = sitk_metrics(pred == value, ref == value, ref_vol.spacing_mm)
+        theirs = sitk_metrics(pred == value, ref == value, spacing)
         for k, v in theirs.items():
             worst[k] = max(worst.get(k, 0.0), abs(float(row[k]) - v))
         compared += 1

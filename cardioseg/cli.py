@@ -292,7 +292,6 @@ def _evaluate(pred, ref, out, labels, ref_labels, pred_suffixes, ref_suffixes, p
     import time
 
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from cardioseg import evaluation as E
     from cardioseg.labels import get_label_map
@@ -308,19 +307,14 @@ def _evaluate(pred, ref, out, labels, ref_labels, pred_suffixes, ref_suffixes, p
     for side, paths in (("prediction", pairing.unmatched_pred), ("reference", pairing.unmatched_ref)):
         if paths:
             err.print(f"cardioseg: note: {len(paths)} {side} file(s) without a partner, skipped (e.g. {paths[0]})", highlight=False, markup=False, soft_wrap=True)
-    show = not quiet and sys.stderr.isatty()
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=err, disable=not show, transient=True,
-    ) as bar:  # fmt: skip
-        n_total = len(cases) + (len(pairing_b.cases) if pairing_b else 0)
-        task = bar.add_task("evaluating", total=n_total)
-        ev = E.evaluate(cases, options, density, progress=lambda r: bar.advance(task))
+    n_total = len(cases) + (len(pairing_b.cases) if pairing_b else 0)
+    with _progress_bar(quiet, "evaluating", n_total) as advance:
+        ev = E.evaluate(cases, options, density, progress=lambda r: advance())
         if pairing_b is not None:
-            ev_b = E.evaluate(E.describe_cases(pairing_b.cases, pairs_map), options, density, progress=lambda r: bar.advance(task))
+            ev_b = E.evaluate(E.describe_cases(pairing_b.cases, pairs_map), options, density, progress=lambda r: advance())
             ev.compare = E.compare_rows(ev.rows, ev_b.rows)
-            for r in ev_b.errors:
-                err.print(f"cardioseg: error: {compare}: {r.case.key}: {r.error}", highlight=False, markup=False, soft_wrap=True)
+    for r in ev_b.errors if ev_b else []:
+        err.print(f"cardioseg: error: {compare}: {r.case.key}: {r.error}", highlight=False, markup=False, soft_wrap=True)
     extra = {
         "pred": str(pred), "ref": str(ref), "compare_with": str(compare) if compare else None,
         "unmatched_pred": [str(p) for p in pairing.unmatched_pred],

@@ -32,7 +32,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -179,6 +179,11 @@ def prepare_frame(frame: LabelledFrame, cfg: PreprocessConfig) -> tuple[np.ndarr
     return img, seg
 
 
+class _Named(NamedTuple):
+    name: str
+    group: str
+
+
 @dataclass
 class Cache:
     """A loaded cache: memory-mapped arrays plus the per-slice index."""
@@ -200,6 +205,12 @@ class Cache:
     @property
     def frames(self) -> list[str]:
         return list(dict.fromkeys(r["frame"] for r in self.index))
+
+    def split(self, fold: int, n_folds: int = 5) -> tuple[list[str], list[str]]:
+        """(training patients, validation patients) of ``fold`` (stratified by group, seed 0)."""
+        groups = {r["patient"]: r["group"] for r in self.index}
+        folds = stratified_folds([_Named(n, g) for n, g in groups.items()], n_folds, seed=0)
+        return sorted(p for p, f in folds.items() if f != fold), sorted(p for p, f in folds.items() if f == fold)
 
     def slices_of(self, patients: set[str]) -> np.ndarray:
         return np.array([i for i, r in enumerate(self.index) if r["patient"] in patients], dtype=np.int64)

@@ -37,6 +37,7 @@ from cardioseg.errors import CardiosegError, ConfigError, InputFileNotFoundError
 from cardioseg.io import IMAGE_SUFFIXES, read_info_cfg, read_volume, strip_image_suffix, write_text_atomic
 from cardioseg.labels import ACDC, LabelMap
 from cardioseg.metrics import REGIONS, agreement, dice, jaccard, slice_regions, surface_distances, wilcoxon_p
+from cardioseg.report import json_safe
 
 PRED_SUFFIXES: tuple[str, ...] = ("_seg", "_pred", "")
 REF_SUFFIXES: tuple[str, ...] = ("_gt", "_seg", "_label", "")
@@ -182,14 +183,17 @@ def describe_cases(cases: Iterable[Case], pairs: dict[str, tuple[str, str, str |
     ``_ED``/``_ES``. Otherwise the case has no phase and takes no part in clinical agreement.
     """
     out = []
+    infos: dict[Path, Any] = {}
     for c in cases:
         if pairs and c.key in pairs:
             study, phase, group = pairs[c.key]
             out.append(replace(c, study=study, phase=phase, group=group))
             continue
         info_path = c.ref.parent / "Info.cfg"
-        if info_path.is_file():
-            info = read_info_cfg(info_path)
+        if info_path not in infos and info_path.is_file():
+            infos[info_path] = read_info_cfg(info_path)  # once per folder (ED and ES share it)
+        if info_path in infos:
+            info = infos[info_path]
             m = _FRAME_NUMBER.match(c.key)
             phase = None
             if m:
@@ -258,8 +262,8 @@ def _labels_array(data: np.ndarray, lm: LabelMap, path: Path) -> np.ndarray:
 
 
 def _frame_metrics(
-    pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...], voxel_ml: float, slice_axis: int,
-    options: EvaluateOptions,
+    pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...], volumes: tuple[FrameVolumes, FrameVolumes],
+    slice_axis: int, options: EvaluateOptions,
 ) -> list[dict[str, Any]]:
     pl, rl = options.pred_labels.structures, options.ref_labels.structures
     regions = None
@@ -269,7 +273,7 @@ def _frame_metrics(
     for name in pl:
         a, b = pred == pl[name], ref == rl[name]
         sd = surface_distances(a, b, spacing)
-        va, vb = int(a.sum()) * voxel_ml, int(b.sum()) * voxel_ml
+        va, vb = (getattr(v, f"{name}_ml") for v in volumes)
         row: dict[str, Any] = {
             "label": name, "value": pl[name],
             "dice": dice(a, b), "jaccard": jaccard(a, b),
@@ -317,12 +321,9 @@ def evaluate_case(case: Case, options: EvaluateOptions = EvaluateOptions()) -> C
                 raise CardiosegError("the 4D reference labels no frame")
         phases = _phases_4d(case, frames, voxel_ml, options) if ref.ndim == 4 else {None: case.phase}
         for t, p, r in frames:
-            result.frames.append(
-                FrameResult(
-                    t, phases.get(t), _frame_metrics(p, r, spacing, voxel_ml, slice_axis, options),
-                    frame_volumes(p, voxel_ml, options.pred_labels), frame_volumes(r, voxel_ml, options.ref_labels),
-                )
-            )  # fmt: skip
+            volumes = frame_volumes(p, voxel_ml, options.pred_labels), frame_volumes(r, voxel_ml, options.ref_labels)
+            rows = _frame_metrics(p, r, spacing, volumes, slice_axis, options)
+            result.frames.append(FrameResult(t, phases.get(t), rows, *volumes))
     except CardiosegError as exc:
         result.error = str(exc)
         result.frames = []
@@ -538,16 +539,6 @@ def _csv(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
     return buf.getvalue()
 
 
-def _json_clean(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, dict):
-        return {str(k): _json_clean(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_json_clean(x) for x in v]
-    return v
-
-
 def write_evaluation(ev: Evaluation, out: Path, extra: dict[str, Any] | None = None) -> list[Path]:
     """Write metrics.csv, summary.json and, when present, clinical.csv and compare.csv."""
     out.mkdir(parents=True, exist_ok=True)
@@ -567,6 +558,6 @@ def write_evaluation(ev: Evaluation, out: Path, extra: dict[str, Any] | None = N
         written.append(path)
     summary = {**ev.summary, **(extra or {})}
     path = out / "summary.json"
-    write_text_atomic(json.dumps(_json_clean(summary), indent=2) + "\n", path)
+    write_text_atomic(json.dumps(json_safe(summary), indent=2) + "\n", path)
     written.append(path)
     return written

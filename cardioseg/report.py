@@ -89,18 +89,19 @@ def build_report(
     }
 
 
-def _clean(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """A copy with NaN/inf floats as None (strict JSON), through dicts, lists and tuples."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
 def write_report(report: dict[str, Any], path: Path) -> None:
-    write_text_atomic(json.dumps(_clean(report), indent=2) + "\n", path)
+    write_text_atomic(json.dumps(json_safe(report), indent=2) + "\n", path)
 
 
 def summary_row(report: dict[str, Any], report_path: Path) -> dict[str, str]:

@@ -301,11 +301,6 @@ def _train_module(model: Any, seg_weight: float, dm_weight: float) -> Any:
     return TrainModule()
 
 
-def _cache_patients(cache: Cache) -> list[Patient]:
-    """The patients of a cache with their groups (for the folds)."""
-    return [Patient(n, g, Path(), 0, 0) for n, g in {r["patient"]: r["group"] for r in cache.index}.items()]
-
-
 def _crop_centres(labels: np.ndarray) -> np.ndarray:
     """(row, col) centre of the labels of each slice; NaN for an empty slice."""
     centres = np.full((len(labels), 2), np.nan, dtype=np.float32)
@@ -344,14 +339,13 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
             raise ConfigError(f'cannot resume "{out}" with different settings: {", ".join(changed)}')
 
     cache = load_cache(Path(cfg.cache))
-    patients = _cache_patients(cache)
-    folds = stratified_folds(patients, cfg.n_folds, seed=0)
-    val_patients = {p for p, f in folds.items() if f == cfg.fold}
-    train_slices = cache.slices_of({p for p, f in folds.items() if f != cfg.fold})
+    train_names, val_names = cache.split(cfg.fold, cfg.n_folds)
+    val_patients = set(val_names)
+    train_slices = cache.slices_of(set(train_names))
     if len(train_slices) == 0 or not val_patients:
-        raise ConfigError(f"fold {cfg.fold} leaves no training or no validation patients ({len(patients)} patients)")
+        raise ConfigError(f"fold {cfg.fold} leaves no training or no validation patients ({len(cache.patients)} patients)")
     truncation = float(cache.meta["distance_truncation_px"])
-    log(f"cache {cache.path}: {len(cache)} slices, {len(patients)} patients; fold {cfg.fold}: "
+    log(f"cache {cache.path}: {len(cache)} slices, {len(cache.patients)} patients; fold {cfg.fold}: "
         f"{len(train_slices)} training slices, {len(val_patients)} validation patients")  # fmt: skip
     # the training slices in memory (float32 for the sampler), labels' centres for cropping
     images_t = torch.from_numpy(np.asarray(cache.images[train_slices], dtype=np.float32))[:, None]
@@ -508,9 +502,7 @@ def export_run(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
     if not best_path.is_file():
         raise ConfigError(f'No best checkpoint in "{out}" yet')
     cache = load_cache(Path(cfg.cache))
-    patients = _cache_patients(cache)
-    folds = stratified_folds(patients, cfg.n_folds, seed=0)
-    val_names = sorted(p for p, f in folds.items() if f == cfg.fold)
+    train_names, val_names = cache.split(cfg.fold, cfg.n_folds)
     arch = architecture(cfg, dmr=False)
     model = build_model(arch["name"], **arch["kwargs"])
     saved = torch.load(best_path, map_location="cpu", weights_only=True)
@@ -528,8 +520,8 @@ def export_run(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
         preprocess=PreprocessConfig.from_dict(cache.meta["preprocess"]),
         label_map=label_map_from_dict(cache.meta["label_map"], cache.meta.get("label_map_name", "custom")),
         training={
-            "data": f"{len(patients)} patients of the cache at {cache.path.name} (ED+ES frames, expert labels)",
-            "train_patients": sorted(p for p, f in folds.items() if f != cfg.fold),
+            "data": f"{len(cache.patients)} patients of the cache at {cache.path.name} (ED+ES frames, expert labels)",
+            "train_patients": train_names,
             "val_patients": val_names,
             "split": f"fold {cfg.fold} of {cfg.n_folds} patient-level folds stratified by group (seed 0)",
             "recipe": recipe,
