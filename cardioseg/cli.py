@@ -65,7 +65,9 @@ def predict(
     ensemble: Annotated[EnsembleMode, typer.Option("--ensemble", help="With several --weights: vote (per-voxel majority) | mean (mean probabilities).")] = EnsembleMode.vote,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N")] = "auto",
     precision: Annotated[str, typer.Option("--precision", help="auto (bf16 where the hardware has it) | bf16 | fp32")] = "auto",
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="2D slices per forward pass.")] = 16,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="2D slices per forward pass (default: 16 on a CPU, 256 on a GPU).", show_default=False)] = None,
+    batch_studies: Annotated[bool | None, typer.Option("--batch-studies/--no-batch-studies", help="In a batch, segment the slices of several studies in one forward pass (default: on a GPU only).", show_default=False)] = None,
+    compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the network: a slow first batch, then faster on a GPU (needs a C++ compiler on a CPU).")] = False,
     threads: Annotated[int, typer.Option("--threads", min=0, help="CPU threads for the network (0: $OMP_NUM_THREADS, else $SLURM_CPUS_PER_TASK, else the physical cores this process may use).")] = 0,
     ed_frame: Annotated[int | None, typer.Option("--ed-frame", min=0, help="0-based ED frame of a 4D cine (default: largest LV volume).")] = None,
     es_frame: Annotated[int | None, typer.Option("--es-frame", min=0, help="0-based ES frame of a 4D cine (default: smallest LV volume).")] = None,
@@ -129,7 +131,8 @@ def predict(
             _note(f"{len(done)} of {len(mine)} studies done before, skipped (--overwrite recomputes them)")
         if todo:
             results = _predict(todo, out, options, weights or [None], ensemble.value, device, precision, batch_size,
-                               not no_postprocess, quiet, len(done), threads)  # fmt: skip
+                               not no_postprocess, quiet, len(done), threads,
+                               compile_model=compile_model, batch_studies=batch_studies)  # fmt: skip
         else:
             results = []
             refresh_summary(out)
@@ -159,7 +162,7 @@ def _remove_if_empty(folder: Path, created: bool) -> None:
         folder.rmdir()
 
 
-def _predict(studies, out, options, weights, ensemble, device, precision, batch_size, postprocess, quiet, skipped=0, threads=0):  # type: ignore[no-untyped-def]
+def _predict(studies, out, options, weights, ensemble, device, precision, batch_size, postprocess, quiet, skipped=0, threads=0, compile_model=False, batch_studies=None):  # type: ignore[no-untyped-def]
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -178,7 +181,7 @@ def _predict(studies, out, options, weights, ensemble, device, precision, batch_
 
     members = [load_weights(w) for w in weights]  # each model is loaded once, for every study
     popts = PredictOptions(device=device, precision=precision, batch_size=batch_size, postprocess=postprocess,
-                           ensemble=ensemble)  # fmt: skip
+                           ensemble=ensemble, compile=compile_model, batch_studies=batch_studies)  # fmt: skip
     predictor = Predictor(members[0], popts) if len(members) == 1 else Ensemble(members, popts)
     show = not quiet and sys.stderr.isatty()
     with Progress(
@@ -282,9 +285,13 @@ def train(
     all_folds: Annotated[bool, typer.Option("--all-folds", help="Train every fold, one after the other, in OUT/foldK.")] = False,
     arch: Annotated[str, typer.Option("--arch", help="unet2d | segnet2d | usegnet2d")] = "unet2d",
     dmr: Annotated[bool, typer.Option("--dmr", help="Add the distance-map regulariser (training only).")] = False,
-    loss: Annotated[str, typer.Option("--loss", help="ce | dice | logdice | dice_ce")] = "ce",
+    loss: Annotated[str, typer.Option("--loss", help="ce | dice | logdice | dice_ce | mapdice (Li et al.'s shape-aware Dice) | explog (SRSCN Eq. 1).")] = "ce",
     weighting: Annotated[str, typer.Option("--weighting", help="With --dmr: uncertainty (learned, Eq. 7) | fixed")] = "uncertainty",
     dm_weight: Annotated[float, typer.Option("--dm-weight", help="Fixed (or initial) weight of the distance-map loss.")] = 1.0,
+    regularizer: Annotated[str, typer.Option("--regularizer", help="Training-only regulariser, never exported: none | lrnet (Li et al.'s LR-Net, in tandem) | srnn (SRSCN shape reconstruction, Eq. 2) | scn (slice position, Eq. 5) | srscn (both, Eq. 6) | acnn (shape-code L2) | gan (discriminator). srnn/srscn/acnn first pre-train a shape autoencoder on the training labels (OUT/shape_ae.pt).")] = "none",
+    reg_weight: Annotated[float, typer.Option("--reg-weight", min=0.0, help="Weight of the regulariser's term; 0: its default (lrnet 1, srnn/srscn 5e-4, acnn 0.01, gan 0.01).")] = 0.0,
+    position_weight: Annotated[float, typer.Option("--position-weight", min=0.0, help="scn/srscn: weight of the slice-position loss (positions in [0, 1]).")] = 0.1,
+    shape_epochs: Annotated[int, typer.Option("--shape-epochs", min=1, help="srnn/srscn/acnn: pre-training epochs of the shape autoencoder.")] = 20,
     optimizer: Annotated[str, typer.Option("--optimizer", help="rmsprop (paper) | adamw")] = "rmsprop",
     lr: Annotated[float, typer.Option("--lr", help="Learning rate; 0: the paper's (1e-4, or 5e-4 with --dmr).")] = 0.0,
     epochs: Annotated[int, typer.Option("--epochs", min=1)] = 100,
@@ -310,6 +317,7 @@ def train(
         cache=str(cache), out=str(out), arch=arch, dmr=dmr, base_width=base_width, loss=loss,
         weighting=weighting, dm_weight=dm_weight, optimizer=optimizer, lr=lr, epochs=epochs,
         batch_size=batch_size, crop_px=crop_px, fold=fold, seed=seed, threads=threads, name=name,
+        regularizer=regularizer, reg_weight=reg_weight, position_weight=position_weight, shape_epochs=shape_epochs,
     )  # fmt: skip
     try:
         cfg.check()

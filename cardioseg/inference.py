@@ -106,6 +106,15 @@ def cpu_supports_bf16() -> bool:
     return False
 
 
+def resolve_batch_size(requested: int | None, device: str) -> int:
+    """``--batch-size`` (None: the device's default) -> 2D slices per forward pass."""
+    if requested is None:
+        return GPU_BATCH_SIZE if device.startswith("cuda") else CPU_BATCH_SIZE
+    if requested < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {requested}")
+    return int(requested)
+
+
 def resolve_precision(spec: str, device: str) -> str:
     """``auto|bf16|fp32`` -> ``bf16`` or ``fp32`` for this device."""
     spec = spec.lower()
@@ -120,38 +129,89 @@ def resolve_precision(spec: str, device: str) -> str:
     return "bf16" if cpu_supports_bf16() else "fp32"
 
 
+CPU_BATCH_SIZE = 16
+"""2D slices per forward pass on a CPU: about one ACDC frame; larger batches gain nothing there."""
+GPU_BATCH_SIZE = 256
+"""2D slices per forward pass on a GPU: many frames (and, in batch mode, several studies) at once."""
+
+
 @dataclass(frozen=True)
 class PredictOptions:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto | bf16 | fp32
-    batch_size: int = 16  # 2D slices per forward pass
+    batch_size: int | None = None  # 2D slices per forward pass; None: CPU_BATCH_SIZE or GPU_BATCH_SIZE
     postprocess: bool = True  # keep the largest 3D component per label
     lcc_tolerance_mm: float = 8.0  # in-plane reach when linking pieces across slice gaps
     ensemble: str = "vote"  # vote | mean: how an Ensemble combines its members (see Ensemble)
+    compile: bool = False  # torch.compile the network (pays off on a GPU for long batches)
+    batch_studies: bool | None = None  # batch mode: pool slices of several studies; None: on a GPU only
 
 
 ENSEMBLE_MODES = ("vote", "mean")
 
 
+Frame = tuple[np.ndarray, np.ndarray]
+"""One stored 3D frame and its affine."""
+
+
+def frames_of(data: np.ndarray, affine: np.ndarray) -> list[Frame]:
+    """The 3D frames of a frame (X, Y, Z) or a cine (X, Y, Z, T), each with the affine."""
+    if data.ndim == 3:
+        return [(data, affine)]
+    return [(data[..., t], affine) for t in range(data.shape[3])]
+
+
+def group_frames(slice_counts: Sequence[int], max_slices: int) -> list[list[int]]:
+    """Consecutive frame indices in groups of at most ``max_slices`` slices in all (a frame
+    with more slices than that forms a group alone)."""
+    groups: list[list[int]] = []
+    count = 0
+    for i, n in enumerate(slice_counts):
+        if groups and count + n <= max_slices:
+            groups[-1].append(i)
+            count += n
+        else:
+            groups.append([i])
+            count = n
+    return groups
+
+
 class _Segmenter:
-    """``predict`` for 3D frames and 4D cines on top of a subclass's ``predict_frame``."""
+    """``predict`` for 3D frames and 4D cines on top of a subclass's ``predict_frames``.
+
+    ``batch_size`` is the number of 2D slices a forward pass takes; frames are pooled up to
+    that many slices (on a GPU: many frames of a cine, or of several studies, per pass).
+    """
+
+    batch_size: int = CPU_BATCH_SIZE
 
     def predict_frame(self, frame: np.ndarray, affine: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def predict_frames(self, frames: Sequence[Frame], on_frame: Callable[[int], Any] | None = None) -> list[np.ndarray]:
+        """Several stored 3D frames -> their uint8 labels (``on_frame(i)`` after frame i)."""
+        out = []
+        for i, (frame, affine) in enumerate(frames):
+            out.append(self.predict_frame(frame, affine))
+            if on_frame:
+                on_frame(i)
+        return out
+
+    def predict_many(self, frames: Sequence[Frame], on_frame: Callable[[int], Any] | None = None) -> list[np.ndarray]:
+        """``predict_frames`` over groups of about ``batch_size`` slices (memory stays bounded)."""
+        out: list[np.ndarray] = []
+        for group in group_frames([frame.shape[2] for frame, _ in frames], self.batch_size):
+            start = len(out)
+            report = (lambda i, s=start: on_frame(s + i)) if on_frame else None
+            out.extend(self.predict_frames([frames[i] for i in group], report))
+        return out
+
     def predict(self, data: np.ndarray, affine: np.ndarray, on_frame: Callable[[int], Any] | None = None) -> np.ndarray:
         """A 3D frame (X, Y, Z) or a cine (X, Y, Z, T) -> uint8 labels of the same shape."""
+        masks = self.predict_many(frames_of(data, affine), on_frame)
         if data.ndim == 3:
-            out = self.predict_frame(data, affine)
-            if on_frame:
-                on_frame(0)
-            return out
-        out = np.zeros(data.shape, dtype=np.uint8)
-        for t in range(data.shape[3]):
-            out[..., t] = self.predict_frame(data[..., t], affine)
-            if on_frame:
-                on_frame(t)
-        return out
+            return masks[0]
+        return np.stack(masks, axis=-1)
 
 
 def _argmax_labels(probs: np.ndarray) -> np.ndarray:
@@ -183,38 +243,54 @@ class Predictor(_Segmenter):
         import torch
 
         self.options = options or PredictOptions()
-        if self.options.batch_size < 1:
-            raise ConfigError("--batch-size must be at least 1")
-        self.weights = weights
         self.device = resolve_device(self.options.device)
+        self.batch_size = resolve_batch_size(self.options.batch_size, self.device)
         self.precision = resolve_precision(self.options.precision, self.device)
+        self.weights = weights
         self.model = weights.build_model().to(self.device).to(memory_format=torch.channels_last)
+        if self.options.compile:
+            self.model = torch.compile(self.model)
         self.config = weights.preprocess
         self.label_map = weights.label_map
 
     def slice_probabilities(self, slices: np.ndarray) -> np.ndarray:
-        """(S, H, W) normalised model-space slices -> (S, C, H, W) float32 softmax probabilities."""
+        """(S, H, W) normalised model-space slices -> (S, C, H, W) float32 softmax probabilities.
+
+        On a GPU the input goes through pinned memory with asynchronous copies, and the
+        batches' outputs stay on the device until one copy back at the end, so the host
+        never waits for a batch in between.
+        """
         import torch
 
+        cuda = self.device.startswith("cuda")
         out = []
         kind = self.device.split(":")[0]
         with torch.inference_mode(), torch.autocast(kind, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            for i in range(0, len(slices), self.options.batch_size):
-                x = torch.from_numpy(np.ascontiguousarray(slices[i : i + self.options.batch_size], dtype=np.float32))
-                x = x[:, None].to(self.device).contiguous(memory_format=torch.channels_last)
-                out.append(torch.softmax(self.model(x).float(), dim=1).cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, 4) + slices.shape[1:], np.float32)
+            for i in range(0, len(slices), self.batch_size):
+                x = torch.from_numpy(np.ascontiguousarray(slices[i : i + self.batch_size, None], dtype=np.float32))
+                if cuda:
+                    x = x.pin_memory().to(self.device, non_blocking=True)
+                x = x.contiguous(memory_format=torch.channels_last)
+                out.append(torch.softmax(self.model(x).float(), dim=1))
+            if not out:
+                return np.zeros((0, self.label_map.num_classes) + slices.shape[1:], np.float32)
+            return torch.cat(out).cpu().numpy()
 
     @property
     def weights_report(self) -> dict[str, Any]:
         """What the study report says about the weights: ``{"name", "sha256"}``."""
         return {"name": self.weights.name, "sha256": self.weights.file_sha256}
 
-    def model_probabilities(self, frame: np.ndarray, affine: np.ndarray) -> tuple[ModelSpace, np.ndarray]:
-        """One stored 3D frame -> (its ModelSpace, (S, C, fov, fov) float32 model-space probabilities)."""
+    def to_model(self, frame: np.ndarray, affine: np.ndarray) -> tuple[ModelSpace, np.ndarray]:
+        """One stored 3D frame -> (its ModelSpace, (S, fov, fov) normalised model-space slices)."""
         space = ModelSpace.for_image(affine, frame.shape, self.config.spacing_mm, self.config.fov_px)
         norm, floor = normalize_intensity(frame, self.config.clip_low_pct, self.config.clip_high_pct)
-        return space, self.slice_probabilities(space.image_to_model(norm, cval=floor))
+        return space, space.image_to_model(norm, cval=floor)
+
+    def model_probabilities(self, frame: np.ndarray, affine: np.ndarray) -> tuple[ModelSpace, np.ndarray]:
+        """One stored 3D frame -> (its ModelSpace, (S, C, fov, fov) float32 model-space probabilities)."""
+        space, slices = self.to_model(frame, affine)
+        return space, self.slice_probabilities(slices)
 
     def native_probabilities(self, frame: np.ndarray, affine: np.ndarray) -> np.ndarray:
         """One stored 3D frame (X, Y, Z) -> (C, X, Y, Z) float32 class probabilities on its voxel grid."""
@@ -229,6 +305,23 @@ class Predictor(_Segmenter):
         """
         space, probs = self.model_probabilities(frame, affine)
         return _clean_up(space.probabilities_to_labels(probs), affine, self.label_map, self.options)
+
+    def predict_frames(self, frames: Sequence[Frame], on_frame: Callable[[int], Any] | None = None) -> list[np.ndarray]:
+        """Several stored 3D frames -> their uint8 labels, the slices of all of them in shared
+        forward passes (the labels are those ``predict_frame`` gives each frame)."""
+        prepared = [self.to_model(frame, affine) for frame, affine in frames]
+        if not prepared:
+            return []
+        probs = self.slice_probabilities(np.concatenate([slices for _, slices in prepared]))
+        out = []
+        start = 0
+        for i, ((space, slices), (_, affine)) in enumerate(zip(prepared, frames)):
+            part = probs[start : start + len(slices)]
+            start += len(slices)
+            out.append(_clean_up(space.probabilities_to_labels(part), affine, self.label_map, self.options))
+            if on_frame:
+                on_frame(i)
+        return out
 
 
 class Ensemble(_Segmenter):
@@ -266,6 +359,7 @@ class Ensemble(_Segmenter):
         self.members = [Predictor(w, replace(self.options, postprocess=False)) for w in weights]
         self.device = self.members[0].device
         self.precision = self.members[0].precision
+        self.batch_size = self.members[0].batch_size
 
     @property
     def weights_report(self) -> dict[str, Any]:

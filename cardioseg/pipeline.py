@@ -17,11 +17,14 @@ import glob
 import os
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from cardioseg.clinical import (
     DEFAULT_MYO_DENSITY,
@@ -337,7 +340,9 @@ def resolve_parts(num_parts: int | None, part_id: int | None, env: Mapping[str, 
         elif slurm is not None:
             part_id, from_slurm = slurm[1], True
         else:
-            raise ConfigError(f"--num-parts {num_parts} needs --part-id I (0..{num_parts - 1}) outside a Slurm job array")
+            raise ConfigError(
+                f"--num-parts {num_parts} needs --part-id I (0..{num_parts - 1}) outside a Slurm job array"
+            )
     if num_parts < 1:
         raise ConfigError(f"the number of parts must be at least 1, got {num_parts}")
     if not 0 <= part_id < num_parts:
@@ -364,7 +369,9 @@ def shard(studies: list[Study], num_parts: int, part_id: int) -> list[Study]:
 
 def output_paths(study: Study, out_dir: Path) -> list[Path]:
     """Every file ``run_study`` may write for ``study``: masks, the report, the overlay PNG."""
-    masks = [out_dir / f"{strip_image_suffix(p.resolve().name if p.is_dir() else p.name)}_seg.nii.gz" for p in study.paths]
+    masks = [
+        out_dir / f"{strip_image_suffix(p.resolve().name if p.is_dir() else p.name)}_seg.nii.gz" for p in study.paths
+    ]
     return [*masks, out_dir / f"{study.name}_report.json", out_dir / f"{study.name}_overlay.png"]
 
 
@@ -374,7 +381,9 @@ def expected_outputs(study: Study, out_dir: Path, options: StudyOptions) -> list
     return [*masks, *([png] if options.overlay else []), report]
 
 
-def finished_report(study: Study, out_dir: Path, options: StudyOptions, present: set[str] | None = None) -> dict[str, Any] | None:
+def finished_report(
+    study: Study, out_dir: Path, options: StudyOptions, present: set[str] | None = None
+) -> dict[str, Any] | None:
     """The report of ``study`` if an earlier run finished it, else None.
 
     Finished means every expected output exists and the report, which ``run_study`` writes
@@ -459,9 +468,7 @@ def read_study(study: Study, options: StudyOptions) -> list[Volume]:
             if v.is_cine:
                 raise ConfigError(f'{role} "{v.path}" is a 4D cine; give one 3D frame (or pass the cine alone)')
         if volumes[0].data.shape != volumes[1].data.shape:
-            raise ConfigError(
-                f"ED and ES frames differ in shape {volumes[0].data.shape} vs {volumes[1].data.shape}"
-            )
+            raise ConfigError(f"ED and ES frames differ in shape {volumes[0].data.shape} vs {volumes[1].data.shape}")
     return volumes
 
 
@@ -472,9 +479,11 @@ def run_study(
     options: StudyOptions,
     on_frame: Callable[[int], Any] | None = None,
     volumes: list[Volume] | None = None,
+    masks: list[np.ndarray] | None = None,
 ) -> StudyResult:
     """Segment and measure one study and write its masks, overlay and report (all or nothing,
-    the report last). ``volumes``: the study already read by ``read_study`` (else read here)."""
+    the report last). ``volumes``: the study already read by ``read_study`` (else read here);
+    ``masks``: their labels, already predicted (with other studies' slices, on a GPU)."""
     t0 = time.perf_counter()
     label_map = predictor.label_map
     height = options.height_cm if options.height_cm is not None else study.height_cm
@@ -487,7 +496,8 @@ def run_study(
         study = replace(study, kind="cine" if volumes[0].is_cine else "frame")
 
     # to model space -> infer -> back to native -> clean up  (inside the Predictor)
-    masks = [predictor.predict(v.data, v.affine, on_frame=on_frame) for v in volumes]
+    if masks is None:
+        masks = [predictor.predict(v.data, v.affine, on_frame=on_frame) for v in volumes]
 
     # measure
     if study.kind == "cine":
@@ -591,24 +601,101 @@ def run_predict(
     While the network works on study k, study k+1 is read in a background thread (one slot:
     at most two studies' images in memory); a read error belongs to its own study.
     ``progress(study, frame)`` reports frames, ``on_result(result)`` each finished study.
+
+    When ``pools_studies(predictor)`` (a GPU, by default), consecutive studies are gathered
+    until they fill a forward pass (``predictor.batch_size`` slices) and segmented together,
+    then measured and written one by one; reading runs ahead by as many studies.
     """
     results: list[StudyResult] = []
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cardioseg-read")
+    pooled = pools_studies(predictor)
+    readers = min(4, os.cpu_count() or 1) if pooled else 1
+    pool = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="cardioseg-read")
+    ahead: deque[Future[list[Volume]]] = deque()
+    queued = 0
+
+    def read_ahead(depth: int) -> None:
+        nonlocal queued
+        while queued < len(studies) and len(ahead) < depth:
+            ahead.append(pool.submit(read_study, studies[queued], options))
+            queued += 1
+
+    def finish(result: StudyResult) -> None:
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+
     try:
-        ahead: Future[list[Volume]] | None = pool.submit(read_study, studies[0], options) if studies else None
-        for k, study in enumerate(studies):
-            assert ahead is not None
-            current = ahead
-            ahead = pool.submit(read_study, studies[k + 1], options) if k + 1 < len(studies) else None
-            on_frame = (lambda t, s=study: progress(s, t)) if progress else None
-            result = _run_one(study, predictor, out_dir, options, on_frame, current)
-            del current  # free this study's images before the next one is read
-            results.append(result)
-            if on_result is not None:
-                on_result(result)
+        k = 0
+        while k < len(studies):
+            if not pooled:
+                read_ahead(2)  # this study and the next
+                study = studies[k]
+                on_frame = (lambda t, s=study: progress(s, t)) if progress else None
+                current = ahead.popleft()
+                finish(_run_one(study, predictor, out_dir, options, on_frame, current))
+                del current  # free this study's images before the next one is read
+                k += 1
+                continue
+            group: list[tuple[Study, Future[list[Volume]]]] = []
+            slices = 0
+            while k < len(studies) and slices < predictor.batch_size:
+                read_ahead(1 + 2 * readers)
+                group.append((studies[k], ahead.popleft()))
+                k += 1
+                if group[-1][1].exception() is None:  # (a study that failed to read takes no room)
+                    slices += sum(int(np.prod(v.data.shape[2:])) for v in group[-1][1].result())
+            for result in _run_group(group, predictor, out_dir, options, progress):
+                finish(result)
+            del group
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     refresh_summary(out_dir)
+    return results
+
+
+def pools_studies(predictor: Any) -> bool:
+    """Whether ``run_predict`` pools several studies per forward pass for this predictor."""
+    choice = getattr(getattr(predictor, "options", None), "batch_studies", None)
+    if choice is None:
+        return str(getattr(predictor, "device", "cpu")).startswith("cuda")
+    return bool(choice)
+
+
+def _run_group(
+    group: list[tuple[Study, Future[list[Volume]]]],
+    predictor: Any,
+    out_dir: Path,
+    options: StudyOptions,
+    progress: Callable[[Study, int], Any] | None,
+) -> list[StudyResult]:
+    """Segment the frames of several studies together, then measure and write each (in order;
+    a study that failed to read gets its error).
+
+    If the pooled prediction fails, every study is segmented alone, so that an error is
+    reported by the study that causes it.
+    """
+    from cardioseg.inference import frames_of
+
+    read = [(study, future.result()) for study, future in group if future.exception() is None]
+    frames = [f for _, volumes in read for v in volumes for f in frames_of(v.data, v.affine)]
+    try:
+        labels = predictor.predict_many(frames) if frames else []
+    except (CardiosegError, MemoryError, RuntimeError):
+        labels = None
+    results = []
+    start = 0
+    for study, future in group:
+        masks = None
+        if labels is not None and future.exception() is None:
+            masks = []
+            for v in future.result():
+                n = v.n_frames if v.is_cine else 1
+                part = labels[start : start + n]
+                start += n
+                masks.append(np.stack(part, axis=-1) if v.is_cine else part[0])
+                for t in range(n if progress else 0):
+                    progress(study, t)  # type: ignore[misc]
+        results.append(_run_one(study, predictor, out_dir, options, None, future, masks))
     return results
 
 
@@ -619,11 +706,12 @@ def _run_one(
     options: StudyOptions,
     on_frame: Callable[[int], Any] | None,
     volumes: Future[list[Volume]],
+    masks: list[np.ndarray] | None = None,
 ) -> StudyResult:
     """``run_study`` on the images read ahead, with the errors that belong to one study
     (reading included) turned into its result."""
     try:
-        return run_study(study, predictor, out_dir, options, on_frame, volumes.result())
+        return run_study(study, predictor, out_dir, options, on_frame, volumes.result(), masks)
     except CardiosegError as exc:
         return StudyResult(study, error=str(exc))
     except MemoryError:

@@ -17,6 +17,19 @@ at their own rate (``sigma_lr``) so that the weighting settles within a few epoc
 One "epoch" is one pass over the training slices, each randomly transformed (the paper adds
 four transformed copies of each slice instead). Runs resume from ``OUT/last.pt``; under
 ``torchrun`` the loop trains with DistributedDataParallel (gloo on CPU, nccl on GPU).
+
+Other papers' methods, for comparison (losses in ``cardioseg.losses``, networks in
+``cardioseg.models.regularizers``; none of their networks is exported):
+
+- ``loss="mapdice"``: Li et al.'s shape-aware MapDice; ``loss="explog"``: the exponential-
+  logarithmic loss of SRSCN's Eq. 1.
+- ``regularizer``: ``lrnet`` (Li et al.'s LR-Net, trained in tandem: L_seg + alpha smooth-L1),
+  ``srnn`` / ``scn`` / ``srscn`` (SRSCN Eqs. 2, 5, 6: shape reconstruction by a pre-trained,
+  frozen autoencoder of label maps; slice position regressed from the bottleneck; both),
+  ``acnn`` (L2 between the autoencoder's codes of prediction and reference) and ``gan`` (an
+  adversarial term from a discriminator trained to tell references from segmentations).
+  The shape autoencoder is pre-trained at the start of the run on the training fold's labels
+  and saved in ``OUT/shape_ae.pt`` (resumable, like the run).
 """
 
 from __future__ import annotations
@@ -36,6 +49,7 @@ import numpy as np
 from cardioseg.dataset import Cache, Patient, acdc_patients, load_cache, stratified_folds
 from cardioseg.errors import ConfigError
 from cardioseg.labels import label_map_from_dict
+from cardioseg.losses import discriminator_loss, label_frequency_weights, onehot
 from cardioseg.preprocess import PreprocessConfig
 
 __all__ = [
@@ -57,8 +71,17 @@ ACDC_LICENSE = (
     "O. Bernard et al., IEEE TMI 37(11):2514-2525, 2018, doi:10.1109/TMI.2018.2837502."
 )
 ARCHES = ("unet2d", "segnet2d", "usegnet2d")
-LOSSES = ("ce", "dice", "logdice", "dice_ce")
+LOSSES = ("ce", "dice", "logdice", "dice_ce", "mapdice", "explog")
+REGULARIZERS = ("none", "lrnet", "srnn", "scn", "srscn", "acnn", "gan")
+# reg_weight = 0 means these: LR-Net alpha; SRSCN's lambda_SR (its paper's 5e-4); ACNN's
+# lambda (Oktay et al.'s 0.01); the adversarial term's weight (no value in the paper)
+DEFAULT_REG_WEIGHTS = {"none": 0.0, "lrnet": 1.0, "srnn": 5e-4, "scn": 0.0, "srscn": 5e-4, "acnn": 0.01, "gan": 0.01}
+SHAPE_AE_REGULARIZERS = ("srnn", "srscn", "acnn")
+POSITION_REGULARIZERS = ("scn", "srscn")
 WEIGHTINGS = ("uncertainty", "fixed")
+REG_COLUMNS = ("lrnet_loss", "shape_loss", "position_loss", "adv_loss", "disc_loss")
+LOSS_COLUMNS = ("loss", "seg_loss", "dm_loss", *REG_COLUMNS)
+LOG_COLUMNS = ("epoch", *LOSS_COLUMNS, "sigma_seg", "sigma_dm", "lr", "seconds", "val_dice_mean", "val_json")
 OPTIMIZERS = ("rmsprop", "adamw")
 
 
@@ -90,6 +113,10 @@ class TrainConfig:
     val_every: int = 1
     threads: int = 0  # torch threads; 0: torch's default
     name: str = ""  # weights name; "" -> derived, e.g. "dmr-unet2d-acdc-fold0"
+    regularizer: str = "none"  # one of REGULARIZERS (training only, never exported)
+    reg_weight: float = 0.0  # weight of the regulariser's term; 0: DEFAULT_REG_WEIGHTS
+    position_weight: float = 0.1  # scn/srscn: lambda_SC of the slice-position loss (positions in [0, 1])
+    shape_epochs: int = 20  # srnn/srscn/acnn: pre-training epochs of the shape autoencoder
 
     def resolved_lr(self) -> float:
         if self.lr > 0:
@@ -98,13 +125,21 @@ class TrainConfig:
             return 1e-3
         return 5e-4 if self.dmr else 1e-4
 
+    def resolved_reg_weight(self) -> float:
+        return self.reg_weight if self.reg_weight > 0 else DEFAULT_REG_WEIGHTS[self.regularizer]
+
+    def needs_distmaps(self) -> bool:
+        return self.dmr or self.loss == "mapdice" or self.regularizer == "lrnet"
+
     def weights_name(self) -> str:
-        return self.name or f"{'dmr-' if self.dmr else ''}{self.arch}-acdc-fold{self.fold}"
+        reg = f"{self.regularizer}-" if self.regularizer != "none" else ""
+        return self.name or f"{'dmr-' if self.dmr else ''}{reg}{self.arch}-acdc-fold{self.fold}"
 
     def check(self) -> None:
         for value, allowed, what in (
             (self.arch, ARCHES, "architecture"), (self.loss, LOSSES, "loss"),
             (self.weighting, WEIGHTINGS, "weighting"), (self.optimizer, OPTIMIZERS, "optimizer"),
+            (self.regularizer, REGULARIZERS, "regularizer"),
         ):  # fmt: skip
             if value not in allowed:
                 raise ConfigError(f"unknown {what} {value!r}; choose one of: {', '.join(allowed)}")
@@ -112,6 +147,8 @@ class TrainConfig:
             raise ConfigError(f"--fold must be in 0..{self.n_folds - 1}, got {self.fold}")
         if self.crop_px % 16:
             raise ConfigError(f"--crop-px must be a multiple of 16, got {self.crop_px}")
+        if self.shape_epochs < 1:
+            raise ConfigError(f"--shape-epochs must be at least 1, got {self.shape_epochs}")
 
 
 def architecture(cfg: TrainConfig, dmr: bool | None = None) -> dict[str, Any]:
@@ -188,13 +225,25 @@ def _soft_dice(logits: Any, target: Any, n_classes: int, smooth: float = 1.0) ->
     return ((2 * inter + smooth) / (denom + smooth))[1:]
 
 
-def segmentation_loss(kind: str, logits: Any, target: Any, n_classes: int = 4) -> Any:
+def segmentation_loss(
+    kind: str, logits: Any, target: Any, n_classes: int = 4, distmaps: Any = None, class_weights: Any = None
+) -> Any:
     """``ce``: cross-entropy; ``dice``: 1 - mean soft Dice of the foreground classes (smooth 1);
-    ``logdice``: -log of that mean soft Dice; ``dice_ce``: CE + (1 - mean soft Dice)."""
+    ``logdice``: -log of that mean soft Dice; ``dice_ce``: CE + (1 - mean soft Dice);
+    ``mapdice``: Li et al.'s MapDice (needs the (N, n_classes - 1, H, W) ``distmaps``, px);
+    ``explog``: SRSCN's Eq. 1 (``class_weights``: the (n_classes,) w_l, default 1)."""
     import torch
     import torch.nn.functional as F
 
+    from cardioseg import losses
+
     logits = logits.float()
+    if kind == "mapdice":
+        if distmaps is None:
+            raise ConfigError("the mapdice loss needs the distance maps of the references")
+        return losses.map_dice_loss(logits, target, distmaps)
+    if kind == "explog":
+        return losses.exp_log_loss(logits, target, class_weights)
     if kind == "ce":
         return F.cross_entropy(logits, target)
     dice = _soft_dice(logits, target, n_classes).mean()
@@ -282,10 +331,15 @@ def _distributed() -> tuple[int, int]:
     return dist.get_rank(), world
 
 
-def _train_module(model: Any, seg_weight: float, dm_weight: float) -> Any:
-    """The network plus the learned log-sigmas of Eq. 7, as one module (one DDP wrapper)."""
+def _train_module(model: Any, seg_weight: float, dm_weight: float, regularizer: str = "none", base: int = 16) -> Any:
+    """The network, the learned log-sigmas of Eq. 7 and the regulariser's networks, as one
+    module (one DDP wrapper). ``forward`` returns (logits, DMR maps | None, LR-Net maps | None,
+    slice positions | None); the shape autoencoder (``shape_ae``) is frozen, the discriminator
+    lives outside (it has its own optimiser)."""
     import torch
     from torch import nn
+
+    from cardioseg.models.regularizers import LRNet, PositionHead, ShapeAutoencoder
 
     class TrainModule(nn.Module):
         def __init__(self) -> None:
@@ -294,11 +348,122 @@ def _train_module(model: Any, seg_weight: float, dm_weight: float) -> Any:
             # s = log sigma, initialised so that 1/sigma equals the initial weights
             init = [-math.log(seg_weight), -math.log(dm_weight)]
             self.log_sigma = nn.Parameter(torch.tensor(init, dtype=torch.float32))
+            self.lrnet = LRNet(4, width=base) if regularizer == "lrnet" else None
+            self.position = PositionHead(base * 16) if regularizer in POSITION_REGULARIZERS else None
+            self.shape_ae = ShapeAutoencoder(4, base=base) if regularizer in SHAPE_AE_REGULARIZERS else None
+            if self.shape_ae is not None:
+                self.shape_ae.requires_grad_(False)
 
         def forward(self, x: Any) -> Any:
-            return self.model.forward_with_aux(x)
+            logits, dm, bottom = self.model.forward_train(x)
+            lr_maps = self.lrnet(torch.softmax(logits, dim=1)) if self.lrnet is not None else None
+            position = self.position(bottom) if self.position is not None else None
+            return logits, dm, lr_maps, position
 
     return TrainModule()
+
+
+def pretrain_shape_autoencoder(
+    cfg: TrainConfig,
+    images: Any,
+    labels: Any,
+    centres: np.ndarray,
+    device: str,
+    resume: bool,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """SRSCN's SRNN pre-training: a ``ShapeAutoencoder`` learns to reconstruct the training
+    fold's label maps (one-hot in, cross-entropy on the reconstruction), on randomly transformed
+    crops as in the main loop, with Adam (lr 1e-3) for ``cfg.shape_epochs`` epochs.
+
+    Saved after every epoch in ``OUT/shape_ae.pt`` (with its optimiser, so ``resume`` continues
+    an interrupted pre-training; a finished one is returned as it is) and logged in
+    ``OUT/shape_ae_log.csv``. Returns the path of the saved autoencoder.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from cardioseg.losses import onehot
+    from cardioseg.models.regularizers import ShapeAutoencoder
+
+    out = Path(cfg.out)
+    path, log_path = out / "shape_ae.pt", out / "shape_ae_log.csv"
+    torch.manual_seed(cfg.seed + 1)
+    ae = ShapeAutoencoder(4, base=cfg.base_width).to(device)
+    opt = torch.optim.Adam(ae.parameters(), lr=1e-3)
+    start = 0
+    if resume and path.is_file():
+        state = torch.load(path, map_location=device, weights_only=True)
+        ae.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        start = int(state["epoch"]) + 1
+    if start >= cfg.shape_epochs:
+        return path
+    if start == 0:
+        with open(log_path, "w", newline="") as f:
+            csv.writer(f).writerow(["epoch", "loss", "seconds"])
+    batch, h = cfg.batch_size, labels.shape[-1]
+    steps = max(1, len(labels) // batch)
+    device_type = device.split(":")[0]
+    for epoch in range(start, cfg.shape_epochs):
+        rng = np.random.default_rng([cfg.seed, epoch, 7])
+        torch.manual_seed(cfg.seed * 100003 + epoch * 101 + 7)
+        order = rng.permutation(len(labels))
+        t0, total = time.time(), 0.0
+        for step in range(steps):
+            idx = order[step * batch : (step + 1) * batch]
+            c = centres[idx].copy()
+            empty = np.isnan(c[:, 0])
+            c[empty] = rng.uniform(cfg.crop_px / 2, h - cfg.crop_px / 2, (int(empty.sum()), 2))
+            c[~empty] += rng.uniform(-h / 8, h / 8, (int((~empty).sum()), 2))
+            y = augment_batch(images[idx], labels[idx], c, cfg.crop_px, rng)[1].to(device)
+            with torch.autocast(device_type, dtype=torch.bfloat16):
+                recon = ae(onehot(y, 4))
+            loss = F.cross_entropy(recon.float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach())
+        _save_atomic({"model": ae.state_dict(), "opt": opt.state_dict(), "epoch": epoch}, path)
+        with open(log_path, "a", newline="") as f:
+            csv.writer(f).writerow([epoch + 1, f"{total / steps:.4f}", f"{time.time() - t0:.1f}"])
+        log(f"shape autoencoder epoch {epoch + 1}/{cfg.shape_epochs} reconstruction loss {total / steps:.4f}")
+    return path
+
+
+def _regularizer_terms(
+    cfg: TrainConfig, module: Any, disc: Any, outputs: tuple[Any, ...], y: Any, distmaps: Any, position: Any
+) -> dict[str, Any]:
+    """The regulariser's (unweighted) loss terms of one batch, by log column. ``outputs`` are
+    the train module's (logits, DMR maps, LR-Net maps, slice positions), ``y`` the reference
+    labels, ``distmaps`` their distance maps (or None), ``position`` the slices' positions."""
+    import torch
+
+    from cardioseg import losses
+
+    logits, _, lr_maps, pos_pred = outputs
+    terms: dict[str, Any] = {}
+    reg = cfg.regularizer
+    if reg == "lrnet":
+        terms["lrnet_loss"] = losses.lrnet_loss(lr_maps, distmaps)
+    if reg in POSITION_REGULARIZERS:
+        terms["position_loss"] = losses.position_loss(pos_pred, position)
+    if reg == "none" or reg == "scn" or reg == "lrnet":
+        return terms
+    probs, ref = torch.softmax(logits.float(), dim=1), losses.onehot(y, logits.shape[1])
+    if reg == "gan":
+        disc.requires_grad_(False)  # the generator's term: the discriminator is fixed
+        terms["adv_loss"] = losses.generator_loss(disc(probs))
+        disc.requires_grad_(True)
+    elif reg == "acnn":
+        with torch.no_grad():
+            code_ref = module.shape_ae.encode(ref)
+        terms["shape_loss"] = losses.code_distance_loss(module.shape_ae.encode(probs), code_ref)
+    else:  # srnn, srscn: Eq. 3 on the reconstructions' probabilities
+        with torch.no_grad():
+            recon_ref = torch.softmax(module.shape_ae(ref), dim=1)
+        terms["shape_loss"] = losses.shape_reconstruction_loss(torch.softmax(module.shape_ae(probs), dim=1), recon_ref)
+    return terms
 
 
 def _crop_centres(labels: np.ndarray) -> np.ndarray:
@@ -334,7 +499,9 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
         raise ConfigError(f'"{out}" already holds a training run; pass --resume to continue it or choose another --out')
     if resume and saved_cfg.is_file():
         before = json.loads(saved_cfg.read_text())
-        changed = sorted(k for k, v in asdict(cfg).items() if k not in {"epochs", "threads", "out", "cache"} and before.get(k) != v)
+        defaults = asdict(TrainConfig(cache="", out=""))  # settings added since the run was made
+        changed = sorted(k for k, v in asdict(cfg).items()
+                         if k not in {"epochs", "threads", "out", "cache"} and before.get(k, defaults[k]) != v)  # fmt: skip
         if changed:
             raise ConfigError(f'cannot resume "{out}" with different settings: {", ".join(changed)}')
 
@@ -351,15 +518,22 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
     images_t = torch.from_numpy(np.asarray(cache.images[train_slices], dtype=np.float32))[:, None]
     labels_np = np.asarray(cache.labels[train_slices])
     labels_t = torch.from_numpy(labels_np)
-    dist_t = torch.from_numpy(np.asarray(cache.distmaps[train_slices], dtype=np.float32)) if cfg.dmr else None
+    dist_t = None
+    if cfg.needs_distmaps():
+        dist_t = torch.from_numpy(np.asarray(cache.distmaps[train_slices], dtype=np.float32))
     centres = _crop_centres(labels_np)
+    positions = torch.tensor([float(cache.index[i]["position"]) for i in train_slices])  # in [0, 1] within the stack
+    class_weights = torch.from_numpy(label_frequency_weights(labels_np, 4)).float() if cfg.loss == "explog" else None
 
     torch.manual_seed(cfg.seed)
     arch = architecture(cfg)
     model = build_model(arch["name"], **arch["kwargs"])
-    module = _train_module(model, cfg.seg_weight, cfg.dm_weight).to(device).to(memory_format=torch.channels_last)
-    lr = cfg.resolved_lr()
-    params: list[dict[str, Any]] = [{"params": list(module.model.parameters())}]
+    module = _train_module(model, cfg.seg_weight, cfg.dm_weight, cfg.regularizer, cfg.base_width)
+    module = module.to(device).to(memory_format=torch.channels_last)
+    lr, reg_weight = cfg.resolved_lr(), cfg.resolved_reg_weight()
+    params: list[dict[str, Any]] = [
+        {"params": [p for k, p in module.named_parameters() if p.requires_grad and k != "log_sigma"]}
+    ]
     if cfg.dmr and cfg.weighting == "uncertainty":
         params.append({"params": [module.log_sigma], "lr": cfg.sigma_lr, "weight_decay": 0.0})
     if cfg.optimizer == "rmsprop":
@@ -368,27 +542,45 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
     else:
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(e, cfg.epochs) / cfg.epochs)))
+    disc, opt_disc = None, None
+    if cfg.regularizer == "gan":
+        from cardioseg.models.regularizers import Discriminator
+
+        disc = Discriminator(4, base=cfg.base_width).to(device)
+        opt_disc = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.999))
     start_epoch, best = 0, {"dice_mean": -1.0}
     if resume and state_path.is_file():
         state = torch.load(state_path, map_location=device, weights_only=True)
-        module.load_state_dict(state["module"])
+        module.load_state_dict(state["module"])  # the frozen shape autoencoder included
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
+        if disc is not None:
+            disc.load_state_dict(state["disc"])
+            opt_disc.load_state_dict(state["opt_disc"])
         start_epoch, best = int(state["epoch"]) + 1, json.loads(state["best"])
         log(f"resumed at epoch {start_epoch}, best so far {best['dice_mean']:.4f}")
-    net: Any = module
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        net = DistributedDataParallel(module, device_ids=[device] if device_type == "cuda" else None)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         saved_cfg.write_text(json.dumps(asdict(cfg), indent=2) + "\n")
         if start_epoch == 0:
             with open(log_path, "w", newline="") as f:
-                csv.writer(f).writerow(
-                    ["epoch", "loss", "seg_loss", "dm_loss", "sigma_seg", "sigma_dm", "lr", "seconds", "val_dice_mean", "val_json"]
-                )
+                csv.writer(f).writerow(LOG_COLUMNS)
+    if module.shape_ae is not None and start_epoch == 0:
+        if rank == 0:
+            pretrain_shape_autoencoder(cfg, images_t, labels_t, centres, device, resume, log)
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+        shape_state = torch.load(out / "shape_ae.pt", map_location=device, weights_only=True)
+        module.shape_ae.load_state_dict(shape_state["model"])
+    net, disc_net = module, disc
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device] if device_type == "cuda" else None
+        net = DistributedDataParallel(module, device_ids=ids)
+        disc_net = DistributedDataParallel(disc, device_ids=ids) if disc is not None else None
 
     per_rank_batch = max(1, math.ceil(cfg.batch_size / world))
     steps = max(1, len(train_slices) // (per_rank_batch * world))
@@ -401,7 +593,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
             order = np.random.default_rng([cfg.seed, epoch]).permutation(len(train_slices))[rank::world]
             module.train()
             t0 = time.time()
-            sums = np.zeros(3)
+            sums = np.zeros(len(LOSS_COLUMNS))
             task = progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=steps)
             for step in range(steps):
                 idx = order[step * per_rank_batch : (step + 1) * per_rank_batch]
@@ -413,20 +605,34 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
                                       dist_t[idx] if dist_t is not None else None, truncation)  # fmt: skip
                 x = batch[0].to(device).contiguous(memory_format=torch.channels_last)
                 y = batch[1].to(device)
+                dmaps = batch[2].to(device) if dist_t is not None else None
                 with torch.autocast(device_type, dtype=torch.bfloat16):
-                    logits, dm_pred = net(x)
-                seg = segmentation_loss(cfg.loss, logits, y)
+                    outputs = net(x)
+                    terms = _regularizer_terms(cfg, module, disc, outputs, y, dmaps, positions[idx].to(device))
+                logits, dm_pred = outputs[:2]
+                seg = segmentation_loss(cfg.loss, logits, y, distmaps=dmaps, class_weights=class_weights)
                 if cfg.dmr:
-                    mad = (dm_pred.float() - batch[2].to(device) / cfg.dm_unit_px).abs().mean()
+                    mad = (dm_pred.float() - dmaps / cfg.dm_unit_px).abs().mean()
                     loss = multitask_loss(seg, mad, module.log_sigma, cfg.weighting, cfg.seg_weight, cfg.dm_weight)
                     mad = mad * cfg.dm_unit_px  # logged in pixels
                 else:
                     mad = torch.zeros(())
                     loss = seg + 0.0 * module.log_sigma.sum()  # keeps DDP's gradient bookkeeping uniform
+                for key, term in terms.items():
+                    loss = loss + (cfg.position_weight if key == "position_loss" else reg_weight) * term
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                sums += [float(loss.detach()), float(seg.detach()), float(mad.detach())]
+                if disc_net is not None:  # the discriminator's step: references real, segmentations fake
+                    with torch.autocast(device_type, dtype=torch.bfloat16):
+                        both = torch.cat([onehot(y, 4), torch.softmax(logits.detach().float(), dim=1)])
+                        real, fake = disc_net(both).float().chunk(2)
+                    terms["disc_loss"] = discriminator_loss(real, fake)
+                    opt_disc.zero_grad(set_to_none=True)
+                    terms["disc_loss"].backward()
+                    opt_disc.step()
+                terms.update(loss=loss, seg_loss=seg, dm_loss=mad)
+                sums += [float(terms[k].detach()) if k in terms else 0.0 for k in LOSS_COLUMNS]
                 progress.update(task, advance=1)
             progress.remove_task(task)
             sched.step()
@@ -438,19 +644,24 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
                     best = {**val, "epoch": epoch + 1}
                     _save_atomic({"model": model.state_dict(), "best": json.dumps(best)}, best_path)
             if rank == 0:
-                _save_atomic(
-                    {"module": module.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                     "epoch": epoch, "best": json.dumps(best)},
-                    state_path,
-                )  # fmt: skip
+                state = {"module": module.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                         "epoch": epoch, "best": json.dumps(best)}  # fmt: skip
+                if disc is not None:
+                    state.update(disc=disc.state_dict(), opt_disc=opt_disc.state_dict())
+                _save_atomic(state, state_path)
                 sigma = torch.exp(module.log_sigma.detach()).tolist()
                 mean = sums / steps
+                losses_text = [f"{v:.3f}" if k == "dm_loss" else f"{v:.4g}" if k in REG_COLUMNS else f"{v:.4f}"
+                               for k, v in zip(LOSS_COLUMNS, mean)]  # fmt: skip
+                row = dict(zip(LOG_COLUMNS, [epoch + 1, *losses_text, f"{sigma[0]:.4f}", f"{sigma[1]:.4f}",
+                     f"{sched.get_last_lr()[0]:.3e}", f"{seconds:.1f}", f"{val.get('dice_mean', float('nan')):.4f}",
+                     json.dumps(val)]))  # fmt: skip
+                with open(log_path, newline="") as f:  # a run resumed from an older version keeps its columns
+                    header = next(csv.reader(f), list(LOG_COLUMNS))
                 with open(log_path, "a", newline="") as f:
-                    csv.writer(f).writerow(
-                        [epoch + 1, f"{mean[0]:.4f}", f"{mean[1]:.4f}", f"{mean[2]:.3f}", f"{sigma[0]:.4f}", f"{sigma[1]:.4f}",
-                         f"{sched.get_last_lr()[0]:.3e}", f"{seconds:.1f}", f"{val.get('dice_mean', float('nan')):.4f}", json.dumps(val)]
-                    )  # fmt: skip
-                log(f"epoch {epoch + 1}/{cfg.epochs} loss {mean[0]:.4f} (seg {mean[1]:.4f}, dm {mean[2]:.2f}) {seconds:.0f}s"
+                    csv.writer(f).writerow([row.get(k, "") for k in header])
+                reg_text = "".join(f", {k[:-5]} {v:.4g}" for k, v in zip(LOSS_COLUMNS, mean) if k in REG_COLUMNS and v)
+                log(f"epoch {epoch + 1}/{cfg.epochs} loss {mean[0]:.4f} (seg {mean[1]:.4f}, dm {mean[2]:.2f}{reg_text}) {seconds:.0f}s"
                     + (f" val dice {val['dice_mean']:.4f} (best {best['dice_mean']:.4f})" if val else ""))  # fmt: skip
             if world > 1:
                 import torch.distributed as dist
@@ -490,7 +701,8 @@ def load_config(out: Path) -> TrainConfig:
 
 
 def export_run(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
-    """Export the best checkpoint of a run as shipped-format weights, without the regulariser."""
+    """Export the best checkpoint of a run as shipped-format weights, without the regulariser
+    (the DMR decoder is dropped; the other regularisers' networks were never in ``best.pt``)."""
     import torch
 
     from cardioseg.models import build_model
@@ -512,6 +724,7 @@ def export_run(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
     exported = out / f"{name}.pt"
     recipe = {k: v for k, v in asdict(cfg).items() if k not in {"cache", "out", "threads", "name"}}
     recipe["lr"] = cfg.resolved_lr()
+    recipe["reg_weight"] = cfg.resolved_reg_weight()
     export_weights(
         model,
         exported,
@@ -526,6 +739,7 @@ def export_run(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
             "split": f"fold {cfg.fold} of {cfg.n_folds} patient-level folds stratified by group (seed 0)",
             "recipe": recipe,
             "distance_map_regulariser": "used in training, removed from these weights" if cfg.dmr else "none",
+            "regulariser": "none" if cfg.regularizer == "none" else f"{cfg.regularizer}: used in training only",
             "best_epoch": best.get("epoch"),
         },
         validation={"model_space": {k: v for k, v in best.items() if k != "epoch"}},

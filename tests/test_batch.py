@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT, save_nifti
 from test_dicom import write_dicom_series
+from test_inference import CountingModel
 from typer.testing import CliRunner
 
 from cardioseg import pipeline
@@ -518,3 +519,88 @@ def test_next_study_is_read_while_the_current_one_is_predicted(tmp_path, frames,
     assert events.index(("read-start", "c")) < events.index(("predict-start", "c"))
     assert ("next-read-started", False) not in events
     assert summary_studies(out) == ["a", "c"]
+
+
+# ---------------------------------------------------------------------------- pooled studies (GPU batching)
+
+
+def _outputs(out: Path) -> dict[str, object]:
+    """Masks (voxels) and reports (without run times) of a run, by file name."""
+    import nibabel as nib
+
+    got: dict[str, object] = {}
+    for path in sorted(out.iterdir()):
+        if path.name.endswith("_seg.nii.gz"):
+            got[path.name] = np.asarray(nib.load(str(path)).dataobj)
+        elif path.name.endswith("_report.json"):
+            report = json.loads(path.read_text())
+            report.pop("runtime_s", None)
+            got[path.name] = report
+    return got
+
+
+def test_pooled_studies_give_the_same_outputs(tmp_path, frames, small_phantom, tiny_weights):
+    from cardioseg.inference import PredictOptions, Predictor
+
+    patient_folder(frames, "patient001", small_phantom, cine=True)  # a 4-frame cine among the frames
+    (frames / "b.nii.gz").write_bytes(b"\x1f\x8b not really gzip")  # fails alone, mid-group
+    studies = plan_studies([frames], None, None)
+    assert names(studies) == ["a", "b", "c", "patient001"]
+    runs = {}
+    for pooled in (False, True):
+        options = PredictOptions(device="cpu", precision="fp32", batch_size=8, batch_studies=pooled)
+        predictor = Predictor(tiny_weights, options)
+        predictor.model = CountingModel(predictor.model)
+        out = tmp_path / f"out{int(pooled)}"
+        out.mkdir()
+        seen: list[tuple[str, int]] = []
+        results = run_predict(studies, predictor, out, StudyOptions(), progress=lambda s, t, seen=seen: seen.append((s.name, t)))
+        assert [(r.study.name, r.error is None) for r in results] == [
+            ("a", True), ("b", False), ("c", True), ("patient001", True)
+        ]  # fmt: skip
+        assert "b.nii.gz" in results[1].error
+        assert seen == [("a", 0), ("c", 0)] + [("patient001", t) for t in range(4)]
+        assert summary_studies(out) == ["a", "c", "patient001"]
+        runs[pooled] = (_outputs(out), predictor.model.batches)
+    (plain, plain_batches), (pooled_out, pooled_batches) = runs[False], runs[True]
+    assert plain_batches == [4, 4, 8, 8]  # a and c alone, then the cine's frames in pairs
+    assert pooled_batches == [8, 8, 8]  # a + c, then the cine's frames in pairs
+    assert plain.keys() == pooled_out.keys() and len(plain) == 6
+    for name in plain:
+        if name.endswith(".nii.gz"):
+            assert np.array_equal(plain[name], pooled_out[name]), name
+        else:
+            assert plain[name] == pooled_out[name], name
+
+
+def test_pooled_prediction_failure_falls_back_to_one_study_at_a_time(tmp_path, frames, tiny_weights, monkeypatch):
+    from cardioseg.inference import PredictOptions, Predictor
+
+    predictor = Predictor(tiny_weights, PredictOptions(device="cpu", precision="fp32", batch_studies=True))
+    real, calls = predictor.predict_many, []
+
+    def fail_once(frames, on_frame=None):  # the pooled call runs out of memory; single studies fit
+        calls.append(len(frames))
+        if len(calls) == 1:
+            raise MemoryError
+        return real(frames, on_frame)
+
+    monkeypatch.setattr(predictor, "predict_many", fail_once)
+    out = tmp_path / "out"
+    out.mkdir()
+    results = run_predict(plan_studies([frames], None, None), predictor, out, StudyOptions())
+    assert [r.error for r in results] == [None, None, None]
+    assert calls == [3, 1, 1, 1]  # all three frames pooled, then one study at a time
+    assert summary_studies(out) == ["a", "b", "c"]
+
+
+def test_batch_studies_on_the_command_line(tmp_path, frames, tiny_weights_path):
+    a = runner.invoke(app, ["predict", str(frames), "-o", str(tmp_path / "a"), "-w", str(tiny_weights_path), *FAST])
+    b = runner.invoke(app, ["predict", str(frames), "-o", str(tmp_path / "b"), "-w", str(tiny_weights_path),
+                            "--batch-studies", "--batch-size", "64", *FAST])  # fmt: skip
+    assert a.exit_code == 0 and b.exit_code == 0, (a.output, b.output)
+    pa, pb = _outputs(tmp_path / "a"), _outputs(tmp_path / "b")
+    assert len(pa) == 6 and pa.keys() == pb.keys()
+    for name in pa:
+        if name.endswith(".nii.gz"):
+            assert np.array_equal(pa[name], pb[name]), name

@@ -260,3 +260,101 @@ def test_ensemble_weights_report_names_every_member(tiny_weights, other_weights)
     assert report["ensemble"] == "mean"
     assert [m["sha256"] for m in report["members"]] == [w.file_sha256 for w in (tiny_weights, *other_weights)]
     assert Predictor(tiny_weights, FP32_RAW).weights_report == {"name": "tiny-test", "sha256": tiny_weights.file_sha256}
+
+
+# ---------------------------------------------------------------------------- pooled slices (GPU batching)
+
+
+@pytest.mark.parametrize(
+    ("counts", "limit", "expected"),
+    [
+        ([10, 10, 10], 16, [[0], [1], [2]]),  # an ACDC frame per pass on a CPU
+        ([10, 10, 10, 10], 256, [[0, 1, 2, 3]]),
+        ([4, 4, 4, 4, 4], 8, [[0, 1], [2, 3], [4]]),
+        ([20, 3, 3], 8, [[0], [1, 2]]),  # too large for a pass: alone
+        ([], 8, []),
+    ],
+)
+def test_group_frames(counts, limit, expected):
+    from cardioseg.inference import group_frames
+
+    assert group_frames(counts, limit) == expected
+
+
+def test_resolve_batch_size():
+    from cardioseg.inference import CPU_BATCH_SIZE, GPU_BATCH_SIZE, resolve_batch_size
+
+    assert resolve_batch_size(None, "cpu") == CPU_BATCH_SIZE
+    assert resolve_batch_size(None, "cuda:1") == GPU_BATCH_SIZE
+    assert resolve_batch_size(5, "cuda") == 5
+    with pytest.raises(ConfigError, match="at least 1"):
+        resolve_batch_size(-3, "cpu")
+
+
+class CountingModel(torch.nn.Module):
+    """Wraps a network and records the batch size of every forward pass."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.batches: list[int] = []
+
+    def forward(self, x):
+        self.batches.append(int(x.shape[0]))
+        return self.model(x)
+
+
+def test_cine_frames_share_forward_passes_with_the_same_labels(tiny_weights, small_phantom):
+    data, affine = small_phantom.image[..., :6], small_phantom.affine  # 6 frames x 4 slices
+    one = Predictor(tiny_weights, PredictOptions(device="cpu", precision="fp32", batch_size=4))
+    pooled = Predictor(tiny_weights, PredictOptions(device="cpu", precision="fp32", batch_size=10))
+    one.model, pooled.model = CountingModel(one.model), CountingModel(pooled.model)
+    seen: list[int] = []
+    a = one.predict(data, affine)
+    b = pooled.predict(data, affine, on_frame=seen.append)
+    assert one.model.batches == [4] * 6
+    assert pooled.model.batches == [8, 8, 8]  # frames pooled in pairs: 8 of at most 10 slices
+    assert seen == list(range(6))
+    assert b.shape == data.shape and b.dtype == np.uint8
+    assert np.array_equal(a, b)
+    for t in (0, 5):  # and the labels of a frame predicted alone
+        assert np.array_equal(b[..., t], one.predict_frame(data[..., t], affine))
+
+
+def test_predict_frames_mixes_frames_of_different_shapes(tiny_weights, small_phantom):
+    pred = Predictor(tiny_weights, PredictOptions(device="cpu", precision="fp32", batch_size=64))
+    frame, affine = small_phantom.image[..., 0], small_phantom.affine
+    shifted = affine.copy()
+    shifted[:3, 3] += (7.0, -3.0, 2.0)
+    frames = [(frame, affine), (frame[:40, :, :3], shifted), (frame[::-1], affine)]
+    got = pred.predict_many(frames)
+    assert [m.shape for m in got] == [f.shape for f, _ in frames]
+    for mask, (f, a) in zip(got, frames):
+        assert np.array_equal(mask, pred.predict_frame(f, a))
+    assert pred.predict_many([]) == []
+
+
+def test_compile_option_compiles_the_network(tiny_weights, monkeypatch, small_phantom):
+    calls = []
+
+    def fake_compile(model, **kwargs):
+        calls.append(model)
+        return model
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    pred = Predictor(tiny_weights, PredictOptions(device="cpu", precision="fp32", compile=True))
+    assert len(calls) == 1 and calls[0] is pred.model
+    plain = Predictor(tiny_weights, PredictOptions(device="cpu", precision="fp32"))
+    assert len(calls) == 1
+    frame, affine = small_phantom.image[..., 0], small_phantom.affine
+    assert np.array_equal(pred.predict(frame, affine), plain.predict(frame, affine))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_gpu_labels_agree_with_the_cpu(tiny_weights, small_phantom):
+    """Pinned memory, asynchronous copies and pooled batches on a GPU give the CPU's labels."""
+    data, affine = small_phantom.image, small_phantom.affine
+    cpu = Predictor(tiny_weights, PredictOptions(device="cpu", precision="fp32")).predict(data, affine)
+    gpu = Predictor(tiny_weights, PredictOptions(device="cuda", precision="fp32")).predict(data, affine)
+    assert gpu.shape == cpu.shape and gpu.dtype == np.uint8
+    assert (gpu == cpu).mean() > 0.999

@@ -48,6 +48,10 @@ def test_shapes_and_forward_equals_forward_with_aux(name: str) -> None:
             assert aux is None and model.dmr is None
         else:
             assert aux is not None and aux.shape == (2, 3, 32, 48)
+        seg, aux2, bottom = model.forward_train(x)
+        torch.testing.assert_close(seg, logits, rtol=0, atol=0)
+        assert bottom.shape == (2, 4 * 16, 2, 3)  # base * 2**depth channels at 1/16 resolution
+        assert (aux2 is None) == (aux is None)
     # training mode: the regulariser's output has a gradient path to the shared encoder
     dmr.train()
     _, aux = dmr.forward_with_aux(x)

@@ -60,7 +60,8 @@ def _log_rows(out: Path) -> list[dict[str, str]]:
 @pytest.mark.parametrize(
     ("change", "message"),
     [({"arch": "vnet"}, "architecture 'vnet'"), ({"loss": "l2"}, "loss 'l2'"), ({"weighting": "x"}, "weighting"),
-     ({"optimizer": "sgd"}, "optimizer"), ({"fold": 5}, "--fold"), ({"crop_px": 40}, "--crop-px")],
+     ({"optimizer": "sgd"}, "optimizer"), ({"fold": 5}, "--fold"), ({"crop_px": 40}, "--crop-px"),
+     ({"regularizer": "vae"}, "regularizer 'vae'"), ({"shape_epochs": 0}, "--shape-epochs")],
 )  # fmt: skip
 def test_config_check_rejects_bad_settings(change: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -182,6 +183,7 @@ def _check_export(path: Path, arch: str, dmr: bool) -> None:
     assert training["val_patients"] and set(training["train_patients"]).isdisjoint(training["val_patients"])
     assert training["distance_map_regulariser"] == ("used in training, removed from these weights" if dmr else "none")
     assert training["recipe"]["dmr"] is dmr and weights.preprocess == TINY
+    assert training["regulariser"] == "none" and training["recipe"]["regularizer"] == "none"
     ph = make_phantom(PhantomSpec(shape=(64, 64, 4), spacing_mm=(2.5, 2.5, 10.0), n_frames=2, seed=9))
     mask = Predictor(weights, PredictOptions(device="cpu", precision="fp32")).predict(ph.image[..., 0], ph.affine)
     assert mask.shape == ph.image.shape[:3] and mask.dtype == np.uint8
@@ -195,8 +197,10 @@ def test_train_unet_resume_and_export(tiny_cache: Path, tmp_path: Path) -> None:
     assert any("32 training slices, 1 validation patients" in m for m in messages)
     rows = _log_rows(out)
     assert [r["epoch"] for r in rows] == ["1", "2"]
-    assert list(rows[0]) == ["epoch", "loss", "seg_loss", "dm_loss", "sigma_seg", "sigma_dm", "lr", "seconds",
-                             "val_dice_mean", "val_json"]  # fmt: skip
+    assert list(rows[0]) == ["epoch", "loss", "seg_loss", "dm_loss", "lrnet_loss", "shape_loss", "position_loss",
+                             "adv_loss", "disc_loss", "sigma_seg", "sigma_dm", "lr", "seconds", "val_dice_mean",
+                             "val_json"]  # fmt: skip
+    assert all(float(rows[0][k]) == 0 for k in ("lrnet_loss", "shape_loss", "position_loss", "adv_loss", "disc_loss"))
     assert rows[0]["sigma_seg"] == rows[0]["sigma_dm"] == "1.0000" and float(rows[0]["dm_loss"]) == 0
     assert [float(r["lr"]) for r in rows] == pytest.approx([1e-4 * 0.99, 1e-4 * 0.99**2], rel=1e-3)
     _check_export(path, "unet2d", dmr=False)

@@ -8,7 +8,8 @@ Each takes ``dmr=True`` to add the distance-map regulariser: a SegNet-like decod
 bottleneck to full resolution with ``num_classes - 1`` outputs (the truncated signed distance
 maps of the foreground classes). It runs only in ``forward_with_aux`` (training); ``forward``
 returns the segmentation logits alone, and exported weights drop the regulariser
-(``DMR_PREFIX``), so the shipped network is the plain one.
+(``DMR_PREFIX``), so the shipped network is the plain one. ``forward_train`` also returns the
+bottleneck features, for the regularisers of ``cardioseg.models.regularizers``.
 """
 
 from __future__ import annotations
@@ -94,10 +95,14 @@ class UNet2D(nn.Module):
             x = dec(torch.cat([up(x), skip], dim=1))
         return self.head(x), bottom
 
+    def forward_train(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """(segmentation logits, distance maps or None, bottleneck features) for training."""
+        logits, bottom = self._segment(x)
+        return logits, (self.dmr(bottom) if self.dmr is not None else None), bottom
+
     def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(segmentation logits, distance maps or None without the regulariser)."""
-        logits, bottom = self._segment(x)
-        return logits, (self.dmr(bottom) if self.dmr is not None else None)
+        return self.forward_train(x)[:2]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._segment(x)[0]
@@ -144,10 +149,15 @@ class SegNet2D(nn.Module):
             x = dec(x)
         return self.head(x)
 
-    def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward_train(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """(segmentation logits, distance maps or None, bottleneck features) for training."""
         bottom, feats, indices = self._encode(x)
         logits = self._decode(bottom, feats, indices)
-        return logits, (self.dmr(bottom, indices) if self.dmr is not None else None)
+        return logits, (self.dmr(bottom, indices) if self.dmr is not None else None), bottom
+
+    def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(segmentation logits, distance maps or None without the regulariser)."""
+        return self.forward_train(x)[:2]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bottom, feats, indices = self._encode(x)

@@ -1,0 +1,172 @@
+"""Loss terms of the shape- and distance-aware training methods (beside the DMR recipe's own).
+
+- Li et al. (distance map regression): the norm inverse distance map (NI-DM), the shape-aware
+  MapDice loss that uses it as a penalty map, and the smooth-L1 loss of the LR-Net's maps.
+- SRSCN (Yue et al.): the exponential-logarithmic loss (Eq. 1, after Wong et al.), the shape
+  reconstruction loss (Eq. 3), the spatial-constraint (slice position) loss (Eq. 4).
+- The papers' comparisons: ACNN's code distance (Oktay et al.) and the adversarial terms of a
+  GAN discriminator on label maps.
+
+Tensors are (N, C, H, W) logits or probabilities, (N, H, W) integer labels, and (N, C-1, H, W)
+truncated signed distance maps in pixels (``cardioseg.preprocess.distance_maps``: >= 1 inside,
+<= -1 outside an object). Every function returns a scalar tensor and leaves its inputs alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "code_distance_loss",
+    "discriminator_loss",
+    "exp_log_loss",
+    "generator_loss",
+    "label_frequency_weights",
+    "lrnet_loss",
+    "map_dice_loss",
+    "norm_inverse_distance",
+    "onehot",
+    "position_loss",
+    "shape_reconstruction_loss",
+]
+
+
+def onehot(target: Any, n_classes: int) -> Any:
+    """(N, H, W) labels -> (N, n_classes, H, W) float one-hot maps."""
+    import torch.nn.functional as F
+
+    return F.one_hot(target, n_classes).permute(0, 3, 1, 2).float()
+
+
+def norm_inverse_distance(distmaps: Any) -> Any:
+    """Li et al.'s norm inverse distance map: 1 / |d|, with |d| clamped at 1 px.
+
+    The signed maps are >= 1 px inside and <= -1 px outside each object, so the result lies in
+    (0, 1]: 1 on the pixels either side of the boundary, falling as 1/distance away from it
+    (1/250 for an absent structure at the default truncation).
+
+    >>> import torch
+    >>> norm_inverse_distance(torch.tensor([-4.0, -1.0, 0.3, 1.0, 2.0])).tolist()
+    [0.25, 1.0, 1.0, 1.0, 0.5]
+    """
+    return 1.0 / distmaps.float().abs().clamp_min(1.0)
+
+
+def map_dice_loss(logits: Any, target: Any, distmaps: Any, smooth: float = 1.0) -> Any:
+    """Shape-aware MapDice (Li et al.): 1 - mean over the foreground classes of a soft Dice
+    whose pixels are weighted by the penalty map w = 1 + NI-DM of that class.
+
+        MapDice_c = (2 sum w p g + smooth) / (sum w (p + g) + smooth)
+
+    with p the softmax probability and g the one-hot reference of class c, sums over the batch.
+    A perfect prediction gives 0 and a prediction disjoint from the reference ~1, as for Dice;
+    in between, a misclassified pixel at the boundary costs up to twice one far from it, so the
+    loss concentrates on the outline of each structure.
+    """
+    import torch
+
+    probs = torch.softmax(logits.float(), dim=1)[:, 1:]
+    ref = onehot(target, logits.shape[1])[:, 1:]
+    w = 1.0 + norm_inverse_distance(distmaps)
+    dims = (0, 2, 3)
+    inter = (w * probs * ref).sum(dims)
+    denom = (w * (probs + ref)).sum(dims)
+    return 1 - ((2 * inter + smooth) / (denom + smooth)).mean()
+
+
+def lrnet_loss(pred_maps: Any, distmaps: Any) -> Any:
+    """Smooth-L1 loss (beta 1) between the LR-Net's maps and the reference NI-DMs."""
+    import torch.nn.functional as F
+
+    return F.smooth_l1_loss(pred_maps.float(), norm_inverse_distance(distmaps))
+
+
+def label_frequency_weights(labels: np.ndarray, n_classes: int, power: float = 0.5) -> np.ndarray:
+    """Wong et al.'s label weights w_l = (sum_k f_k / f_l) ** power, f_k the count of label k
+    (at least 1, so that an absent label gets a large, finite weight).
+
+    >>> label_frequency_weights(np.array([0, 0, 0, 1]), 2).round(4).tolist()
+    [1.1547, 2.0]
+    """
+    counts = np.bincount(np.asarray(labels).ravel(), minlength=n_classes)[:n_classes].astype(np.float64)
+    counts = np.maximum(counts, 1.0)
+    return (counts.sum() / counts) ** power
+
+
+def exp_log_loss(
+    logits: Any,
+    target: Any,
+    class_weights: Any = None,
+    w_dice: float = 0.8,
+    w_cross: float = 0.2,
+    gamma_dice: float = 0.3,
+    gamma_cross: float = 0.3,
+    smooth: float = 1.0,
+) -> Any:
+    """SRSCN Eq. 1, the exponential-logarithmic loss of Wong et al. (their defaults):
+
+        L = w_dice E_i[(-ln Dice_i) ** gamma_dice] + w_cross E_x[w_l (-ln p_l(x)) ** gamma_cross]
+
+    Dice_i is the soft Dice of label i over the batch (all labels, background included, smooth
+    1), l the reference label at pixel x, w_l its weight (``label_frequency_weights``; 1 when
+    ``class_weights`` is None). The logarithms are clamped at 1e-12 so that the powers keep a
+    finite gradient: a perfect prediction scores (1e-12) ** 0.3 ~ 2.5e-4 (times the weights).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    logits = logits.float()
+    n = logits.shape[1]
+    probs = torch.softmax(logits, dim=1)
+    ref = onehot(target, n)
+    dims = (0, 2, 3)
+    dice = (2 * (probs * ref).sum(dims) + smooth) / (probs.sum(dims) + ref.sum(dims) + smooth)
+    l_dice = (-torch.log(dice)).clamp_min(1e-12).pow(gamma_dice).mean()
+    nll = F.cross_entropy(logits, target, reduction="none").clamp_min(1e-12)
+    weights = torch.ones(n, device=logits.device) if class_weights is None else torch.as_tensor(class_weights)
+    l_cross = (weights.to(logits.device, torch.float32)[target] * nll.pow(gamma_cross)).mean()
+    return w_dice * l_dice + w_cross * l_cross
+
+
+def shape_reconstruction_loss(recon_pred: Any, recon_ref: Any) -> Any:
+    """SRSCN Eq. 3: squared Frobenius norm of the difference of the shape autoencoder's
+    reconstructions of the prediction and of the reference, summed over classes and pixels and
+    averaged over the batch (the paper sums over the training samples)."""
+    diff = recon_pred.float() - recon_ref.float()
+    return diff.pow(2).flatten(1).sum(1).mean()
+
+
+def position_loss(pred: Any, position: Any) -> Any:
+    """SRSCN Eq. 4: squared error of the predicted slice position, averaged over the batch."""
+    return (pred.float().reshape(-1) - position.float().reshape(-1)).pow(2).mean()
+
+
+def code_distance_loss(code_pred: Any, code_ref: Any) -> Any:
+    """ACNN (Oktay et al.): squared L2 distance between the shape codes of prediction and
+    reference, per slice, averaged over the batch."""
+    return (code_pred.float() - code_ref.float()).pow(2).flatten(1).sum(1).mean()
+
+
+def discriminator_loss(real_logits: Any, fake_logits: Any) -> Any:
+    """The discriminator's sigmoid cross-entropy: references are real (1), segmentations fake
+    (0); the mean of the two terms."""
+    import torch
+    import torch.nn.functional as F
+
+    real, fake = real_logits.float(), fake_logits.float()
+    return 0.5 * (
+        F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
+        + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
+    )
+
+
+def generator_loss(fake_logits: Any) -> Any:
+    """The segmentation network's adversarial term: the sigmoid cross-entropy of its outputs
+    labelled real, under the (fixed) discriminator."""
+    import torch
+    import torch.nn.functional as F
+
+    fake = fake_logits.float()
+    return F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake))
