@@ -15,6 +15,7 @@ Two layouts are understood:
     labels.npy    (N, fov, fov) uint8
     distmaps.npy  (N, C-1, fov, fov) float16  truncated signed distance maps (DMR Eq. 2), px
     index.csv     one row per slice: patient, group, phase, frame, slice, n_slices, position
+                  (``Cache.frame_rows``/``context_rows`` rebuild stacks and neighbours from it)
     meta.json     preprocessing settings, label map, truncation, frames, cardioseg version
 
 It is written to a temporary folder beside the target and renamed at the end, so an
@@ -214,6 +215,35 @@ class Cache:
 
     def slices_of(self, patients: set[str]) -> np.ndarray:
         return np.array([i for i, r in enumerate(self.index) if r["patient"] in patients], dtype=np.int64)
+
+    def frame_rows(self, rows: np.ndarray | None = None) -> list[np.ndarray]:
+        """The cache rows of each 3D frame (one patient and phase, or one image), in slice
+        order, for the frames that ``rows`` (default: all) touch; frames in order of appearance.
+        Whole frames are returned even when ``rows`` holds only some of their slices."""
+        wanted = None if rows is None else {self._frame_key(int(i)) for i in rows}
+        frames: dict[tuple[str, str, str], list[tuple[int, int]]] = {}
+        for i, r in enumerate(self.index):
+            key = self._frame_key(i)
+            if wanted is None or key in wanted:
+                frames.setdefault(key, []).append((int(r["slice"]), i))
+        return [np.array([i for _, i in sorted(members)], dtype=np.int64) for members in frames.values()]
+
+    def context_rows(self, rows: np.ndarray, context: int) -> np.ndarray:
+        """(len(rows), context) cache rows of each row's neighbouring slices: the slices of the
+        same frame in slice order, centred on the row, the edge slice repeated beyond the base
+        and apex (``cardioseg.models.inputs.context_indices``). Never crosses frames."""
+        from cardioseg.models.inputs import context_indices
+
+        rows = np.asarray(rows, dtype=np.int64)
+        stack_of: dict[int, np.ndarray] = {}
+        for members in self.frame_rows(rows):
+            stacks = members[context_indices(len(members), context)]
+            stack_of.update(zip(members.tolist(), stacks))
+        return np.array([stack_of[int(r)] for r in rows], dtype=np.int64).reshape(len(rows), context)
+
+    def _frame_key(self, i: int) -> tuple[str, str, str]:
+        r = self.index[i]
+        return r["patient"], r["phase"], r["frame"]
 
 
 def build_cache(

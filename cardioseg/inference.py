@@ -1,12 +1,17 @@
 """The Predictor: loads a model once, owns device and precision, segments 3D frames and cines.
 
 An Ensemble does the same with several models (e.g. the 5 fold models of the DMR paper).
+
+The network's inputs follow its weights' ``InputSpec`` (``cardioseg.models.inputs``): one
+slice per sample; the neighbouring slices of the same frame as channels (stacked per frame
+before frames are pooled, so neighbours never cross frames); or whole frames for a 3D network
+(frames with the same number of slices share a forward pass).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -15,6 +20,7 @@ import numpy as np
 from cardioseg.errors import ConfigError, WeightsError
 from cardioseg.geometry import ModelSpace, find_orientation
 from cardioseg.labels import LabelMap
+from cardioseg.models.inputs import InputSpec, context_indices
 from cardioseg.postprocess import keep_largest_components
 from cardioseg.preprocess import normalize_intensity
 from cardioseg.weights import LoadedWeights
@@ -176,6 +182,68 @@ def group_frames(slice_counts: Sequence[int], max_slices: int) -> list[list[int]
     return groups
 
 
+def model_batches(frames: Sequence[np.ndarray], spec: InputSpec, batch_size: int) -> Iterator[np.ndarray]:
+    """The network inputs for the (S_i, H, W) model-space slices of one or more frames, in
+    forward passes of about ``batch_size`` slices; their outputs, in order, are the frames'
+    slices in order.
+
+    - one 2D slice: (b, 1, H, W) runs of the frames' concatenated slices;
+    - ``context_slices`` N: (b, N, H, W) neighbour stacks, each built within its own frame
+      (edge slices replicated), gathered per pass (never all materialised at once);
+    - 3D: (f, 1, S, H, W) runs of consecutive frames of the same shape, f = batch_size // S
+      (at least 1).
+    """
+    if not frames:
+        return
+    if spec.dims == 3:
+        j = 0
+        while j < len(frames):
+            per_pass, k = max(1, batch_size // max(len(frames[j]), 1)), j + 1
+            while k < len(frames) and k - j < per_pass and frames[k].shape == frames[j].shape:
+                k += 1
+            yield np.stack(frames[j:k])[:, None]
+            j = k
+        return
+    slices = np.concatenate(frames) if len(frames) > 1 else frames[0]
+    if spec.context_slices == 1:
+        for i in range(0, len(slices), batch_size):
+            yield slices[i : i + batch_size, None]
+        return
+    starts = np.cumsum([0] + [len(f) for f in frames[:-1]])
+    rows = np.concatenate([s + context_indices(len(f), spec.context_slices) for s, f in zip(starts, frames)])
+    for i in range(0, len(rows), batch_size):
+        yield slices[rows[i : i + batch_size]]
+
+
+def forward_probabilities(
+    model: Any, batches: Iterable[np.ndarray], device: str, bf16: bool, n_classes: int, plane: tuple[int, ...]
+) -> np.ndarray:
+    """Network inputs (``model_batches``) -> (S, C, H, W) float32 softmax probabilities of all
+    their slices in order (a 3D network's (f, C, S, H, W) outputs are unrolled frame by frame).
+
+    On a GPU the input goes through pinned memory with asynchronous copies, and the batches'
+    outputs stay on the device until one copy back at the end, so the host never waits for a
+    batch in between. ``plane`` (H, W) shapes the empty result of no batches.
+    """
+    import torch
+
+    cuda = device.startswith("cuda")
+    out = []
+    kind = device.split(":")[0]
+    with torch.inference_mode(), torch.autocast(kind, dtype=torch.bfloat16, enabled=bf16):
+        for batch in batches:
+            x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+            if cuda:
+                x = x.pin_memory().to(device, non_blocking=True)
+            if x.ndim == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            probs = torch.softmax(model(x).float(), dim=1)
+            out.append(probs.transpose(1, 2).flatten(0, 1) if probs.ndim == 5 else probs)
+        if not out:
+            return np.zeros((0, n_classes, *plane), np.float32)
+        return torch.cat(out).cpu().numpy()
+
+
 class _Segmenter:
     """``predict`` for 3D frames and 4D cines on top of a subclass's ``predict_frames``.
 
@@ -247,7 +315,10 @@ class Predictor(_Segmenter):
         self.batch_size = resolve_batch_size(self.options.batch_size, self.device)
         self.precision = resolve_precision(self.options.precision, self.device)
         self.weights = weights
-        self.model = weights.build_model().to(self.device).to(memory_format=torch.channels_last)
+        self.input_spec = weights.input_spec
+        self.model = weights.build_model().to(self.device)
+        if self.input_spec.dims == 2:
+            self.model = self.model.to(memory_format=torch.channels_last)
         if self.options.compile:
             self.model = torch.compile(self.model)
         self.config = weights.preprocess
@@ -256,25 +327,18 @@ class Predictor(_Segmenter):
     def slice_probabilities(self, slices: np.ndarray) -> np.ndarray:
         """(S, H, W) normalised model-space slices -> (S, C, H, W) float32 softmax probabilities.
 
-        On a GPU the input goes through pinned memory with asynchronous copies, and the
-        batches' outputs stay on the device until one copy back at the end, so the host
-        never waits for a batch in between.
+        For a network with neighbouring slices as channels, or a 3D network, ``slices`` are
+        one frame's, in order (a 1-slice 2D network takes any slices). Forward passes of
+        ``batch_size`` slices; see ``forward_probabilities`` for the GPU path.
         """
-        import torch
+        return self._probabilities([slices], slices.shape[1:])
 
-        cuda = self.device.startswith("cuda")
-        out = []
-        kind = self.device.split(":")[0]
-        with torch.inference_mode(), torch.autocast(kind, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            for i in range(0, len(slices), self.batch_size):
-                x = torch.from_numpy(np.ascontiguousarray(slices[i : i + self.batch_size, None], dtype=np.float32))
-                if cuda:
-                    x = x.pin_memory().to(self.device, non_blocking=True)
-                x = x.contiguous(memory_format=torch.channels_last)
-                out.append(torch.softmax(self.model(x).float(), dim=1))
-            if not out:
-                return np.zeros((0, self.label_map.num_classes) + slices.shape[1:], np.float32)
-            return torch.cat(out).cpu().numpy()
+    def _probabilities(self, frames: Sequence[np.ndarray], plane: tuple[int, ...]) -> np.ndarray:
+        """The frames' (S_i, H, W) slices -> their (sum S_i, C, H, W) probabilities, in order."""
+        batches = model_batches(frames, self.input_spec, self.batch_size)
+        return forward_probabilities(
+            self.model, batches, self.device, self.precision == "bf16", self.label_map.num_classes, plane
+        )
 
     @property
     def weights_report(self) -> dict[str, Any]:
@@ -308,11 +372,12 @@ class Predictor(_Segmenter):
 
     def predict_frames(self, frames: Sequence[Frame], on_frame: Callable[[int], Any] | None = None) -> list[np.ndarray]:
         """Several stored 3D frames -> their uint8 labels, the slices of all of them in shared
-        forward passes (the labels are those ``predict_frame`` gives each frame)."""
+        forward passes (the labels are those ``predict_frame`` gives each frame). Neighbour
+        stacks are built within each frame; a 3D network pools frames of the same shape."""
         prepared = [self.to_model(frame, affine) for frame, affine in frames]
         if not prepared:
             return []
-        probs = self.slice_probabilities(np.concatenate([slices for _, slices in prepared]))
+        probs = self._probabilities([slices for _, slices in prepared], prepared[0][1].shape[1:])
         out = []
         start = 0
         for i, ((space, slices), (_, affine)) in enumerate(zip(prepared, frames)):

@@ -6,6 +6,8 @@
   reconstruction loss (Eq. 3), the spatial-constraint (slice position) loss (Eq. 4).
 - The papers' comparisons: ACNN's code distance (Oktay et al.) and the adversarial terms of a
   GAN discriminator on label maps.
+- Qure.ai's 2D-3D FCNs (Patravali et al.): the weighted log-Dice loss of their poster
+  (``qure_log_dice_loss``) and its hybrid with weighted cross-entropy (``qure_hybrid_loss``).
 
 Tensors are (N, C, H, W) logits or probabilities, (N, H, W) integer labels, and (N, C-1, H, W)
 truncated signed distance maps in pixels (``cardioseg.preprocess.distance_maps``: >= 1 inside,
@@ -29,7 +31,10 @@ __all__ = [
     "norm_inverse_distance",
     "onehot",
     "position_loss",
+    "qure_hybrid_loss",
+    "qure_log_dice_loss",
     "shape_reconstruction_loss",
+    "weighted_cross_entropy",
 ]
 
 
@@ -170,3 +175,56 @@ def generator_loss(fake_logits: Any) -> Any:
 
     fake = fake_logits.float()
     return F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake))
+
+
+def _normalised(class_weights: Any, n: int, device: Any) -> Any:
+    """(n,) float32 weights summing to 1 (uniform 1/n when ``class_weights`` is None)."""
+    import torch
+
+    w = torch.ones(n) if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
+    w = w.to(device, torch.float32)
+    return w / w.sum()
+
+
+def weighted_cross_entropy(logits: Any, target: Any, class_weights: Any = None) -> Any:
+    """Class-weighted cross-entropy, normalised by the weights of the pixels' reference labels
+    (PyTorch's weighted mean): sum_x w_l(x) (-ln p_l(x)) / sum_x w_l(x). Plain CE when
+    ``class_weights`` is None."""
+    import torch.nn.functional as F
+
+    logits = logits.float()
+    weight = None if class_weights is None else _normalised(class_weights, logits.shape[1], logits.device)
+    return F.cross_entropy(logits, target, weight=weight)
+
+
+def qure_log_dice_loss(logits: Any, target: Any, class_weights: Any = None, eps: float = 1.0) -> Any:
+    """Qure.ai's weighted log-Dice loss, as printed in Patravali et al.'s poster:
+
+        L_dice = sum_i w_i l_i,   l_i = log(2 - (sum_x t_i(x) p(x, i) + eps) / (sum_x (t_i(x) + p(x, i)) + eps))
+
+    over every class i (background included), t_i the one-hot reference, p the softmax, sums
+    over all pixels of the batch (of all slices of the volumes, for a 3D network's flattened
+    output). The weights are normalised to sum to 1 (uniform when ``class_weights`` is None).
+
+    The printed ratio lacks the usual factor 2 of the Dice coefficient, so it is half the soft
+    Dice (up to eps): a perfect prediction scores l_i = log(1.5) ~ 0.405 for a class present
+    in the batch (eps/eps: log 1 = 0 for an absent one) and a disjoint one log 2 ~ 0.693. The
+    minimiser is the same as with the factor (the ratio is largest at p = t); the gradient is
+    a smooth reweighting of the soft Dice's. ``eps`` is not given in the poster: 1, as for the
+    other Dice losses here.
+    """
+    import torch
+
+    logits = logits.float()
+    n = logits.shape[1]
+    probs = torch.softmax(logits, dim=1)
+    ref = onehot(target, n)
+    dims = (0, 2, 3)
+    ratio = ((probs * ref).sum(dims) + eps) / ((ref + probs).sum(dims) + eps)
+    return (_normalised(class_weights, n, logits.device) * torch.log(2 - ratio)).sum()
+
+
+def qure_hybrid_loss(logits: Any, target: Any, class_weights: Any = None) -> Any:
+    """Qure.ai's "hybrid combination" (Dice-CE): weighted cross-entropy + weighted log-Dice,
+    unit weights (the poster gives none)."""
+    return weighted_cross_entropy(logits, target, class_weights) + qure_log_dice_loss(logits, target, class_weights)

@@ -30,6 +30,21 @@ Other papers' methods, for comparison (losses in ``cardioseg.losses``, networks 
   adversarial term from a discriminator trained to tell references from segmentations).
   The shape autoencoder is pre-trained at the start of the run on the training fold's labels
   and saved in ``OUT/shape_ae.pt`` (resumable, like the run).
+
+Qure.ai's 2D-3D FCNs (Patravali et al., STACOM 2017; ``cardioseg.models.inputs``):
+
+- ``context_slices=N`` (odd): a 2D network takes the N neighbouring slices of the same frame
+  (same patient and phase, in slice order, edge slices replicated) as input channels and
+  predicts the centre slice. The stacks are gathered per batch from the cache's index.
+- ``arch="unet3d"``: their 3D U-Net (1x2x2 pooling) on whole stacks of one frame;
+  ``batch_size`` then counts frames, an epoch is one pass over the training frames, and the
+  frames of a batch are padded in z to the longest with zero slices that the loss ignores.
+- ``loss="wce"`` (weighted cross-entropy), ``"qure_logdice"`` (their weighted log-Dice, as
+  printed) and ``"qure_hybrid"`` (the sum of both), with the label-frequency class weights
+  of ``cardioseg.losses.label_frequency_weights`` (the poster does not give its weights).
+
+A 3D network's outputs are flattened to (frames x slices) 2D slices for the losses, so every
+loss sums over the whole batch of volumes exactly as it sums over a batch of slices.
 """
 
 from __future__ import annotations
@@ -50,6 +65,7 @@ from cardioseg.dataset import Cache, Patient, acdc_patients, load_cache, stratif
 from cardioseg.errors import ConfigError
 from cardioseg.labels import label_map_from_dict
 from cardioseg.losses import discriminator_loss, label_frequency_weights, onehot
+from cardioseg.models.inputs import InputSpec
 from cardioseg.preprocess import PreprocessConfig
 
 __all__ = [
@@ -70,8 +86,11 @@ ACDC_LICENSE = (
     "Trained on ACDC data (CC BY-NC-SA 4.0): non-commercial use only, share-alike. Cite "
     "O. Bernard et al., IEEE TMI 37(11):2514-2525, 2018, doi:10.1109/TMI.2018.2837502."
 )
-ARCHES = ("unet2d", "segnet2d", "usegnet2d")
-LOSSES = ("ce", "dice", "logdice", "dice_ce", "mapdice", "explog")
+ARCHES = ("unet2d", "segnet2d", "usegnet2d", "unet3d")
+ARCHES_3D = ("unet3d",)
+QURE_LOSSES = ("wce", "qure_logdice", "qure_hybrid")  # Patravali et al.; their name goes in the weights' name
+LOSSES = ("ce", "dice", "logdice", "dice_ce", "mapdice", "explog", *QURE_LOSSES)
+WEIGHTED_LOSSES = ("explog", *QURE_LOSSES)  # take the label-frequency class weights
 REGULARIZERS = ("none", "lrnet", "srnn", "scn", "srscn", "acnn", "gan")
 # reg_weight = 0 means these: LR-Net alpha; SRSCN's lambda_SR (its paper's 5e-4); ACNN's
 # lambda (Oktay et al.'s 0.01); the adversarial term's weight (no value in the paper)
@@ -92,6 +111,7 @@ class TrainConfig:
     cache: str  # cache folder from ``cardioseg preprocess``
     out: str  # run folder: checkpoints, log.csv, config.json, the exported weights
     arch: str = "unet2d"  # one of ARCHES
+    context_slices: int = 1  # 2D networks: neighbouring slices as input channels (odd; Qure.ai)
     dmr: bool = False  # add the distance-map regulariser (training only)
     base_width: int = 16  # channels at full resolution (x2 per level, 4 levels)
     loss: str = "ce"  # segmentation loss, one of LOSSES
@@ -105,7 +125,7 @@ class TrainConfig:
     lr_decay: float = 0.99  # per epoch (RMSprop); AdamW uses cosine decay to 1 %
     weight_decay: float = 0.0
     epochs: int = 100
-    batch_size: int = 15
+    batch_size: int = 15  # slices; frames (volumes) for a 3D network
     crop_px: int = 160  # training crop of the cache's fov (random position near the heart)
     fold: int = 0  # the held-out validation fold
     n_folds: int = 5
@@ -131,9 +151,16 @@ class TrainConfig:
     def needs_distmaps(self) -> bool:
         return self.dmr or self.loss == "mapdice" or self.regularizer == "lrnet"
 
+    def input_spec(self) -> InputSpec:
+        """What the network takes (recorded in the exported weights)."""
+        return InputSpec(dims=3 if self.arch in ARCHES_3D else 2, context_slices=self.context_slices)
+
     def weights_name(self) -> str:
+        """E.g. ``dmr-unet2d-acdc-fold0``, ``unet2d-ctx3-qure_hybrid-acdc-fold0``, ``unet3d-wce-acdc-fold1``."""
         reg = f"{self.regularizer}-" if self.regularizer != "none" else ""
-        return self.name or f"{'dmr-' if self.dmr else ''}{reg}{self.arch}-acdc-fold{self.fold}"
+        ctx = f"-ctx{self.context_slices}" if self.context_slices > 1 else ""
+        loss = f"-{self.loss}" if self.loss in QURE_LOSSES else ""
+        return self.name or f"{'dmr-' if self.dmr else ''}{reg}{self.arch}{ctx}{loss}-acdc-fold{self.fold}"
 
     def check(self) -> None:
         for value, allowed, what in (
@@ -149,11 +176,15 @@ class TrainConfig:
             raise ConfigError(f"--crop-px must be a multiple of 16, got {self.crop_px}")
         if self.shape_epochs < 1:
             raise ConfigError(f"--shape-epochs must be at least 1, got {self.shape_epochs}")
+        self.input_spec()  # --context-slices: odd, and 1 for a 3D network
+        if self.arch in ARCHES_3D and (self.dmr or self.regularizer != "none"):
+            raise ConfigError(f"{self.arch} trains without --dmr and --regularizer (their networks are 2D)")
 
 
 def architecture(cfg: TrainConfig, dmr: bool | None = None) -> dict[str, Any]:
     """Registry name and constructor arguments (``dmr`` defaults to the config's)."""
-    kwargs: dict[str, Any] = {"in_channels": 1, "num_classes": 4, "base": cfg.base_width, "depth": 4}
+    channels = cfg.input_spec().in_channels
+    kwargs: dict[str, Any] = {"in_channels": channels, "num_classes": 4, "base": cfg.base_width, "depth": 4}
     if dmr if dmr is not None else cfg.dmr:
         kwargs["dmr"] = True
     return {"name": cfg.arch, "kwargs": kwargs}
@@ -171,8 +202,9 @@ def augment_batch(
     distmaps: Any = None,
     truncation_px: float = 250.0,
 ) -> tuple[Any, ...]:
-    """Random similarity transform + crop of (N, 1, H, W) images, (N, H, W) labels and
-    optionally (N, K, H, W) distance maps, all with the same transform.
+    """Random similarity transform + crop of (N, K, H, W) images, (N, H, W) or (N, K', H, W)
+    labels and optionally (N, K'', H, W) distance maps, all with the same transform per sample
+    (the same for every channel: the neighbouring slices of a stack, the slices of a volume).
 
     ``centres`` (N, 2) are (row, col) crop centres in input pixels; rotation is 0-360 deg and
     isotropic scale 0.8-1.2 (DMR paper II-E). Images and distance maps are sampled bilinearly,
@@ -197,16 +229,18 @@ def augment_batch(
         ]
     grid = F.affine_grid(torch.from_numpy(theta), [n, 1, crop, crop], align_corners=False)
     out_img = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    out_lab = F.grid_sample(labels[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    lab = labels[:, None] if labels.ndim == 3 else labels
+    out_lab = F.grid_sample(lab.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    out_lab = out_lab[:, 0] if labels.ndim == 3 else out_lab
     gain = torch.from_numpy(rng.uniform(0.85, 1.15, (n, 1, 1, 1)).astype(np.float32))
     bias = torch.from_numpy(rng.uniform(-0.15, 0.15, (n, 1, 1, 1)).astype(np.float32))
     noise = torch.from_numpy(rng.uniform(0, 0.1, (n, 1, 1, 1)).astype(np.float32))
     out_img = out_img * gain + bias + noise * torch.randn_like(out_img)
     if distmaps is None:
-        return out_img, out_lab[:, 0].long()
+        return out_img, out_lab.long()
     out_dm = F.grid_sample(distmaps, grid, mode="bilinear", padding_mode="border", align_corners=False)
     out_dm = (out_dm * torch.from_numpy(scale.astype(np.float32))[:, None, None, None]).clamp_(min=-truncation_px)
-    return out_img, out_lab[:, 0].long(), out_dm
+    return out_img, out_lab.long(), out_dm
 
 
 # ---------------------------------------------------------------------------- losses
@@ -231,7 +265,9 @@ def segmentation_loss(
     """``ce``: cross-entropy; ``dice``: 1 - mean soft Dice of the foreground classes (smooth 1);
     ``logdice``: -log of that mean soft Dice; ``dice_ce``: CE + (1 - mean soft Dice);
     ``mapdice``: Li et al.'s MapDice (needs the (N, n_classes - 1, H, W) ``distmaps``, px);
-    ``explog``: SRSCN's Eq. 1 (``class_weights``: the (n_classes,) w_l, default 1)."""
+    ``explog``: SRSCN's Eq. 1 (``class_weights``: the (n_classes,) w_l, default 1);
+    ``wce``, ``qure_logdice``, ``qure_hybrid``: Qure.ai's weighted cross-entropy, weighted
+    log-Dice and their sum (``cardioseg.losses``; ``class_weights`` as for ``explog``)."""
     import torch
     import torch.nn.functional as F
 
@@ -244,6 +280,12 @@ def segmentation_loss(
         return losses.map_dice_loss(logits, target, distmaps)
     if kind == "explog":
         return losses.exp_log_loss(logits, target, class_weights)
+    if kind == "wce":
+        return losses.weighted_cross_entropy(logits, target, class_weights)
+    if kind == "qure_logdice":
+        return losses.qure_log_dice_loss(logits, target, class_weights)
+    if kind == "qure_hybrid":
+        return losses.qure_hybrid_loss(logits, target, class_weights)
     if kind == "ce":
         return F.cross_entropy(logits, target)
     dice = _soft_dice(logits, target, n_classes).mean()
@@ -282,29 +324,30 @@ def dice_per_label(pred: np.ndarray, ref: np.ndarray, labels: tuple[int, ...] = 
     return [dice(pred == k, ref == k) for k in labels]
 
 
-def _predict_slices(model: Any, slices: np.ndarray, device: str, batch: int = 32) -> np.ndarray:
-    import torch
+def _predict_slices(
+    model: Any, slices: np.ndarray, device: str, spec: InputSpec | None = None, batch: int = 32
+) -> np.ndarray:
+    """(S, H, W) slices of one frame, in order -> (S, H, W) uint8 labels, with the inputs and
+    forward passes of ``cardioseg.inference`` (neighbour stacks, whole stacks), bf16 autocast."""
+    from cardioseg.inference import forward_probabilities, model_batches
 
-    out = []
-    with torch.inference_mode(), torch.autocast(device.split(":")[0], dtype=torch.bfloat16):
-        for i in range(0, len(slices), batch):
-            x = torch.from_numpy(np.asarray(slices[i : i + batch], dtype=np.float32))[:, None].to(device)
-            x = x.contiguous(memory_format=torch.channels_last)
-            out.append(model(x).float().argmax(1).cpu().numpy().astype(np.uint8))
-    return np.concatenate(out)
+    slices = np.asarray(slices, dtype=np.float32)
+    batches = model_batches([slices], spec or InputSpec(), batch)
+    probs = forward_probabilities(model, batches, device, bf16=True, n_classes=4, plane=slices.shape[1:])
+    return probs.argmax(1).astype(np.uint8)
 
 
-def validate(model: Any, cache: Cache, patients: set[str], device: str) -> dict[str, float]:
-    """Mean model-space 3D Dice per label over the patients' frames (ED and ES separately)."""
+def validate(
+    model: Any, cache: Cache, patients: set[str], device: str, spec: InputSpec | None = None
+) -> dict[str, float]:
+    """Mean model-space 3D Dice per label over the patients' frames (ED and ES separately).
+
+    Each frame is segmented as ``cardioseg predict`` does it, by ``spec`` (default one 2D slice)."""
     model.eval()
-    by_frame: dict[str, list[int]] = {}
-    for i, r in enumerate(cache.index):
-        if r["patient"] in patients:
-            by_frame.setdefault(r["frame"], []).append(i)
     scores: dict[str, list[list[float]]] = {}
-    for idx in by_frame.values():
+    for idx in cache.frame_rows(cache.slices_of(patients)):
         phase = cache.index[idx[0]]["phase"] or "all"
-        pred = _predict_slices(model, cache.images[idx], device)
+        pred = _predict_slices(model, cache.images[idx], device, spec)
         scores.setdefault(phase, []).append(dice_per_label(pred, np.asarray(cache.labels[idx])))
     result = {}
     for phase, rows in sorted(scores.items()):
@@ -466,6 +509,39 @@ def _regularizer_terms(
     return terms
 
 
+def _training_samples(cache: Cache, train_slices: np.ndarray, spec: InputSpec) -> np.ndarray | list[np.ndarray]:
+    """The training samples as positions in ``train_slices`` (whose arrays are in memory):
+    2D, (n_slices, context_slices) neighbour stacks of each slice (its frame's slices around
+    it, edges replicated); 3D, one array per frame of its slices in order."""
+    where = np.full(len(cache), -1, dtype=np.int64)
+    where[train_slices] = np.arange(len(train_slices))
+    if spec.dims == 3:
+        return [where[rows] for rows in cache.frame_rows(train_slices)]
+    return where[cache.context_rows(train_slices, spec.context_slices)]
+
+
+def _volume_batch(
+    volumes: list[np.ndarray], idx: np.ndarray, images: Any, labels: Any, distmaps: Any, truncation: float
+) -> tuple[Any, Any, Any, Any]:
+    """Frames ``idx`` as (B, D, H, W) images and labels and (B, D * K, H, W) distance maps (or
+    None), padded in z to the longest with zero images, background labels and absent-structure
+    maps; and the (B, D) mask of real slices (the loss ignores the others)."""
+    import torch
+
+    depth = max(len(volumes[v]) for v in idx)
+    b, (h, w) = len(idx), images.shape[-2:]
+    img = images.new_zeros((b, depth, h, w))
+    lab = labels.new_zeros((b, depth, h, w))
+    valid = torch.zeros((b, depth), dtype=torch.bool)
+    dm = None if distmaps is None else distmaps.new_full((b, depth, *distmaps.shape[1:]), -truncation)
+    for k, v in enumerate(idx):
+        rows = torch.from_numpy(volumes[v])
+        img[k, : len(rows)], lab[k, : len(rows)], valid[k, : len(rows)] = images[rows], labels[rows], True
+        if dm is not None:
+            dm[k, : len(rows)] = distmaps[rows]
+    return img, lab, (dm.flatten(1, 2) if dm is not None else None), valid
+
+
 def _crop_centres(labels: np.ndarray) -> np.ndarray:
     """(row, col) centre of the labels of each slice; NaN for an empty slice."""
     centres = np.full((len(labels), 2), np.nan, dtype=np.float32)
@@ -514,22 +590,33 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
     truncation = float(cache.meta["distance_truncation_px"])
     log(f"cache {cache.path}: {len(cache)} slices, {len(cache.patients)} patients; fold {cfg.fold}: "
         f"{len(train_slices)} training slices, {len(val_patients)} validation patients")  # fmt: skip
-    # the training slices in memory (float32 for the sampler), labels' centres for cropping
-    images_t = torch.from_numpy(np.asarray(cache.images[train_slices], dtype=np.float32))[:, None]
+    # the training slices in memory (float32 for the sampler), labels' centres for cropping;
+    # samples: each slice's neighbour stack (2D) or each frame's slices (3D), as positions here
+    spec = cfg.input_spec()
+    images_t = torch.from_numpy(np.asarray(cache.images[train_slices], dtype=np.float32))
     labels_np = np.asarray(cache.labels[train_slices])
     labels_t = torch.from_numpy(labels_np)
     dist_t = None
     if cfg.needs_distmaps():
         dist_t = torch.from_numpy(np.asarray(cache.distmaps[train_slices], dtype=np.float32))
-    centres = _crop_centres(labels_np)
+    samples = _training_samples(cache, train_slices, spec)
+    if spec.dims == 3:
+        centres = _crop_centres(np.stack([(labels_np[rows] > 0).any(axis=0) for rows in samples]))
+        log(f"3D network: {len(samples)} training frames of {min(map(len, samples))}-{max(map(len, samples))} slices")
+    else:
+        centres = _crop_centres(labels_np)
     positions = torch.tensor([float(cache.index[i]["position"]) for i in train_slices])  # in [0, 1] within the stack
-    class_weights = torch.from_numpy(label_frequency_weights(labels_np, 4)).float() if cfg.loss == "explog" else None
+    class_weights = None
+    if cfg.loss in WEIGHTED_LOSSES:
+        class_weights = torch.from_numpy(label_frequency_weights(labels_np, 4)).float()
 
     torch.manual_seed(cfg.seed)
     arch = architecture(cfg)
     model = build_model(arch["name"], **arch["kwargs"])
     module = _train_module(model, cfg.seg_weight, cfg.dm_weight, cfg.regularizer, cfg.base_width)
-    module = module.to(device).to(memory_format=torch.channels_last)
+    module = module.to(device)
+    memory_format = torch.channels_last if spec.dims == 2 else torch.contiguous_format
+    module = module.to(memory_format=memory_format)
     lr, reg_weight = cfg.resolved_lr(), cfg.resolved_reg_weight()
     params: list[dict[str, Any]] = [
         {"params": [p for k, p in module.named_parameters() if p.requires_grad and k != "log_sigma"]}
@@ -567,7 +654,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
                 csv.writer(f).writerow(LOG_COLUMNS)
     if module.shape_ae is not None and start_epoch == 0:
         if rank == 0:
-            pretrain_shape_autoencoder(cfg, images_t, labels_t, centres, device, resume, log)
+            pretrain_shape_autoencoder(cfg, images_t[:, None], labels_t, centres, device, resume, log)
         if world > 1:
             import torch.distributed as dist
 
@@ -583,14 +670,14 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
         disc_net = DistributedDataParallel(disc, device_ids=ids) if disc is not None else None
 
     per_rank_batch = max(1, math.ceil(cfg.batch_size / world))
-    steps = max(1, len(train_slices) // (per_rank_batch * world))
+    steps = max(1, len(samples) // (per_rank_batch * world))
     h = images_t.shape[-1]
     progress = _progress(show_progress and rank == 0)
     with progress:
         for epoch in range(start_epoch, cfg.epochs):
             rng = np.random.default_rng([cfg.seed, epoch, rank])
             torch.manual_seed(cfg.seed * 100003 + epoch * 101 + rank)
-            order = np.random.default_rng([cfg.seed, epoch]).permutation(len(train_slices))[rank::world]
+            order = np.random.default_rng([cfg.seed, epoch]).permutation(len(samples))[rank::world]
             module.train()
             t0 = time.time()
             sums = np.zeros(len(LOSS_COLUMNS))
@@ -601,15 +688,27 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
                 far = np.isnan(c[:, 0]) | (rng.random(len(idx)) < 0.2)
                 c[far] = rng.uniform(cfg.crop_px / 2 - 16, h - cfg.crop_px / 2 + 16, (int(far.sum()), 2))
                 c[~far] += rng.uniform(-h / 8, h / 8, (int((~far).sum()), 2))  # translation up to 1/8
-                batch = augment_batch(images_t[idx], labels_t[idx], c, cfg.crop_px, rng,
-                                      dist_t[idx] if dist_t is not None else None, truncation)  # fmt: skip
-                x = batch[0].to(device).contiguous(memory_format=torch.channels_last)
+                if spec.dims == 3:  # (B, D, H, W) frames, padded in z; the net takes (B, 1, D, H, W)
+                    img, lab, dm, valid = _volume_batch(samples, idx, images_t, labels_t, dist_t, truncation)
+                    batch = augment_batch(img, lab, c, cfg.crop_px, rng, dm, truncation)
+                    x = batch[0][:, None].to(device)
+                    pos = torch.zeros(len(idx), device=device)  # no slice positions (no 3D regulariser)
+                else:  # (B, context_slices, H, W) neighbour stacks of the centre slices idx
+                    batch = augment_batch(images_t[samples[idx]], labels_t[idx], c, cfg.crop_px, rng,
+                                          dist_t[idx] if dist_t is not None else None, truncation)  # fmt: skip
+                    x = batch[0].to(device).contiguous(memory_format=torch.channels_last)
+                    pos = positions[idx].to(device)
                 y = batch[1].to(device)
                 dmaps = batch[2].to(device) if dist_t is not None else None
                 with torch.autocast(device_type, dtype=torch.bfloat16):
                     outputs = net(x)
-                    terms = _regularizer_terms(cfg, module, disc, outputs, y, dmaps, positions[idx].to(device))
+                    terms = _regularizer_terms(cfg, module, disc, outputs, y, dmaps, pos)
                 logits, dm_pred = outputs[:2]
+                if spec.dims == 3:  # the real slices of the frames, as a batch of 2D slices
+                    keep = valid.flatten().to(device)
+                    logits, y = logits.transpose(1, 2).flatten(0, 1)[keep], y.flatten(0, 1)[keep]
+                    if dmaps is not None:
+                        dmaps = dmaps.unflatten(1, (valid.shape[1], -1)).flatten(0, 1)[keep]
                 seg = segmentation_loss(cfg.loss, logits, y, distmaps=dmaps, class_weights=class_weights)
                 if cfg.dmr:
                     mad = (dm_pred.float() - dmaps / cfg.dm_unit_px).abs().mean()
@@ -639,7 +738,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
             seconds = time.time() - t0
             val: dict[str, float] = {}
             if rank == 0 and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
-                val = validate(model, cache, val_patients, device)
+                val = validate(model, cache, val_patients, device, spec)
                 if val["dice_mean"] > best["dice_mean"]:
                     best = {**val, "epoch": epoch + 1}
                     _save_atomic({"model": model.state_dict(), "best": json.dumps(best)}, best_path)
@@ -744,6 +843,7 @@ def export_run(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
         },
         validation={"model_space": {k: v for k, v in best.items() if k != "epoch"}},
         license=ACDC_LICENSE,
+        input_spec=cfg.input_spec(),
     )
     log(f"exported {exported} (best epoch {best.get('epoch')}, val dice {best['dice_mean']:.4f})")
     return exported

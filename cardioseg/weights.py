@@ -6,6 +6,8 @@ A checkpoint is a ``torch.save``'d dict of plain types and tensors (loadable wit
     format        "cardioseg-weights/1"
     name          registry name, e.g. "unet2d-acdc"
     architecture  {"name": registry key, "kwargs": constructor arguments}
+    input         {"dims": 2 | 3, "context_slices": N, "padding": "replicate"} (InputSpec);
+                  absent in older weights, which mean one 2D slice
     preprocess    PreprocessConfig as a dict
     label_map     {"background": 0, "rv": 1, "myo": 2, "lv": 3}
     training      what data and recipe produced it
@@ -24,12 +26,14 @@ import hashlib
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cardioseg.errors import WeightsError
+from cardioseg.errors import CardiosegError, WeightsError
 from cardioseg.labels import LabelMap, label_map_from_dict
+from cardioseg.models.inputs import InputSpec
+from cardioseg.models.registry import THREE_D
 from cardioseg.preprocess import PreprocessConfig
 
 FORMAT = "cardioseg-weights/1"
@@ -91,6 +95,7 @@ class LoadedWeights:
     label_map: LabelMap
     meta: dict[str, Any]
     state_dict: dict[str, Any]
+    input_spec: InputSpec = field(default_factory=InputSpec)  # one slice, neighbouring slices, a whole stack
 
     def build_model(self) -> Any:
         """The network with these weights, in eval mode, fp32, on the CPU."""
@@ -138,6 +143,14 @@ def load_weights(spec: str | os.PathLike[str] | None = None) -> LoadedWeights:
     if state_sha256(ckpt["state_dict"]) != ckpt.get("state_sha256"):
         raise WeightsError(f'"{path}": parameters do not match their recorded sha256 (corrupted?)')
     meta = {k: v for k, v in ckpt.items() if k not in {"state_dict"}}
+    try:
+        spec = InputSpec.from_dict(ckpt.get("input"))
+    except (CardiosegError, TypeError, ValueError) as exc:
+        raise WeightsError(f'"{path}": unusable input description {ckpt.get("input")!r} ({exc})') from None
+    arch = ckpt["architecture"]
+    channels = arch.get("kwargs", {}).get("in_channels", 1)
+    if (spec.dims == 3) != (arch.get("name") in THREE_D) or channels != spec.in_channels:
+        raise WeightsError(f'"{path}": input {spec.to_dict()} does not fit architecture {arch}')
     return LoadedWeights(
         name=str(ckpt.get("name", path.stem)),
         path=path,
@@ -147,6 +160,7 @@ def load_weights(spec: str | os.PathLike[str] | None = None) -> LoadedWeights:
         label_map=label_map_from_dict(ckpt["label_map"], name=ckpt.get("label_map_name", "acdc")),
         meta=meta,
         state_dict=ckpt["state_dict"],
+        input_spec=spec,
     )
 
 
@@ -161,8 +175,12 @@ def export_weights(
     training: dict[str, Any],
     validation: dict[str, Any],
     license: str,
+    input_spec: InputSpec | None = None,
 ) -> str:
-    """Save a model as a self-describing fp16 checkpoint; returns the file's sha256."""
+    """Save a model as a self-describing fp16 checkpoint; returns the file's sha256.
+
+    ``input_spec`` (default: one 2D slice) is recorded so that the predictor builds the inputs the
+    network was trained on."""
     import torch
 
     from cardioseg.io import atomic_path
@@ -175,6 +193,7 @@ def export_weights(
         "format": FORMAT,
         "name": name,
         "architecture": architecture,
+        "input": (input_spec or InputSpec()).to_dict(),
         "preprocess": preprocess.to_dict(),
         "label_map": label_map.as_dict(),
         "label_map_name": label_map.name,

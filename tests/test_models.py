@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from cardioseg.errors import ConfigError
-from cardioseg.models import ARCHITECTURES, build_model
-from cardioseg.models.unet import DMR_PREFIX, SegNet2D, UNet2D
+from cardioseg.models import ARCHITECTURES, THREE_D, build_model
+from cardioseg.models.unet import DMR_PREFIX, SegNet2D, UNet2D, UNet3D
 
 KW = {"in_channels": 1, "num_classes": 4, "base": 4, "depth": 4}
+TWO_D = sorted(set(ARCHITECTURES) - THREE_D)
 
 
 def _models(name: str) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -25,15 +26,15 @@ def _n_params(model: torch.nn.Module, skip: str | None = None) -> int:
 
 
 def test_registry_names() -> None:
-    assert sorted(ARCHITECTURES) == ["segnet2d", "unet2d", "usegnet2d"]
-    assert isinstance(build_model("unet2d", **KW), UNet2D)
+    assert sorted(ARCHITECTURES) == ["segnet2d", "unet2d", "unet3d", "usegnet2d"]
+    assert isinstance(build_model("unet2d", **KW), UNet2D) and isinstance(build_model("unet3d", **KW), UNet3D)
     seg, useg = build_model("segnet2d", **KW), build_model("usegnet2d", **KW)
     assert isinstance(seg, SegNet2D) and not seg.skips and isinstance(useg, SegNet2D) and useg.skips
-    with pytest.raises(ConfigError, match="unknown architecture 'vnet'.*segnet2d, unet2d, usegnet2d"):
+    with pytest.raises(ConfigError, match="unknown architecture 'vnet'.*segnet2d, unet2d, unet3d, usegnet2d"):
         build_model("vnet")
 
 
-@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+@pytest.mark.parametrize("name", TWO_D)
 def test_shapes_and_forward_equals_forward_with_aux(name: str) -> None:
     plain, dmr = _models(name)
     x = torch.randn(2, 1, 32, 48)
@@ -59,7 +60,7 @@ def test_shapes_and_forward_equals_forward_with_aux(name: str) -> None:
     assert dmr.encoders[0][0].weight.grad is not None and dmr.encoders[0][0].weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+@pytest.mark.parametrize("name", TWO_D)
 def test_dmr_weights_minus_regulariser_are_the_plain_network(name: str) -> None:
     plain, dmr = _models(name)
     assert _n_params(dmr) > _n_params(plain) == _n_params(dmr, skip=DMR_PREFIX)
@@ -78,3 +79,9 @@ def test_dmr_weights_minus_regulariser_are_the_plain_network(name: str) -> None:
         torch.testing.assert_close(plain(x), dmr(x), rtol=0, atol=0)
     with pytest.raises(RuntimeError, match="Unexpected key"):
         build_model(name, **KW).load_state_dict(dmr.state_dict(), strict=True)
+
+
+def test_2d_networks_take_neighbouring_slices_as_channels() -> None:
+    model = build_model("unet2d", **{**KW, "in_channels": 3}).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 32, 32)).shape == (2, 4, 32, 32)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
-from cardioseg.models.registry import ARCHITECTURES, build_model
+from cardioseg.models.inputs import InputSpec
+from cardioseg.models.registry import ARCHITECTURES, THREE_D, build_model
 
-__all__ = ["ARCHITECTURES", "build_model"]
+__all__ = ["ARCHITECTURES", "THREE_D", "InputSpec", "build_model"]

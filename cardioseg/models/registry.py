@@ -25,7 +25,14 @@ def _usegnet2d(**kwargs: Any) -> Any:
     return SegNet2D(skips=True, **kwargs)
 
 
-ARCHITECTURES = {"unet2d": _unet2d, "segnet2d": _segnet2d, "usegnet2d": _usegnet2d}
+def _unet3d(**kwargs: Any) -> Any:
+    from cardioseg.models.unet import UNet3D
+
+    return UNet3D(**kwargs)
+
+
+ARCHITECTURES = {"unet2d": _unet2d, "segnet2d": _segnet2d, "usegnet2d": _usegnet2d, "unet3d": _unet3d}
+THREE_D = frozenset({"unet3d"})  # architectures that take (N, 1, D, H, W) stacks
 
 
 def build_model(name: str, **kwargs: Any) -> Any:

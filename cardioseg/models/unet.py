@@ -3,6 +3,11 @@
 - ``UNet2D``: encoder, bottleneck, transposed-convolution decoder with skip connections.
 - ``SegNet2D``: the decoder upsamples with the encoder's max-pooling indices; ``skips=True``
   adds U-Net skip connections (the paper's U-SegNet, Fig. 2e).
+- ``UNet3D``: Qure.ai's 3D U-Net (Patravali et al.): the U-Net with 3D convolutions and
+  1x2x2 max-pooling (in-plane only), so it takes stacks of any number of slices.
+
+The 2D networks take ``in_channels`` neighbouring slices (Qure.ai's multi-slice 2D model; see
+``cardioseg.models.inputs``).
 
 Each takes ``dmr=True`` to add the distance-map regulariser: a SegNet-like decoder from the
 bottleneck to full resolution with ``num_classes - 1`` outputs (the truncated signed distance
@@ -32,7 +37,7 @@ def _block(c_in: int, c_out: int) -> nn.Sequential:
 def _init(module: nn.Module) -> None:
     """Kaiming-uniform weights, zero biases (DMR paper II-F)."""
     for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Conv3d, nn.ConvTranspose3d)):
             nn.init.kaiming_uniform_(m.weight, nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
@@ -162,3 +167,58 @@ class SegNet2D(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bottom, feats, indices = self._encode(x)
         return self._decode(bottom, feats, indices)
+
+
+def _block3d(c_in: int, c_out: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for a, b in ((c_in, c_out), (c_out, c_out)):
+        layers += [nn.Conv3d(a, b, 3, padding=1, bias=False), nn.BatchNorm3d(b), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
+
+
+class UNet3D(nn.Module):
+    """Qure.ai's 3D U-Net: (N, in_channels, D, H, W) -> (N, num_classes, D, H, W) logits.
+
+    ``UNet2D`` with every operation replaced by its 3D counterpart (3x3x3 convolutions, batch
+    norm, ReLU), except that max-pooling and the transposed convolutions are 1x2x2: the slice
+    axis is never down-sampled, so any number of slices D >= 1 works (Patravali et al.,
+    "3D segmentation"). H and W must be multiples of 2**depth. Widths ``base * 2**level``
+    (their base layer has 256 feature maps: base 16, depth 4).
+    """
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 4, base: int = 16, depth: int = 4) -> None:
+        super().__init__()
+        widths = [base * 2**i for i in range(depth + 1)]
+        self.encoders = nn.ModuleList([_block3d(in_channels if i == 0 else widths[i - 1], widths[i]) for i in range(depth)])
+        self.bottleneck = _block3d(widths[depth - 1], widths[depth])
+        self.pool = nn.MaxPool3d((1, 2, 2))
+        self.ups = nn.ModuleList(
+            [nn.ConvTranspose3d(widths[i + 1], widths[i], (1, 2, 2), stride=(1, 2, 2)) for i in reversed(range(depth))]
+        )
+        self.decoders = nn.ModuleList([_block3d(2 * widths[i], widths[i]) for i in reversed(range(depth))])
+        self.head = nn.Conv3d(widths[0], num_classes, 1)
+        self.dmr = None  # no distance-map regulariser for the 3D network
+        _init(self)
+
+    def _segment(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        skips = []
+        for enc in self.encoders:
+            x = enc(x)
+            skips.append(x)
+            x = self.pool(x)
+        bottom = self.bottleneck(x)
+        x = bottom
+        for up, dec, skip in zip(self.ups, self.decoders, reversed(skips)):
+            x = dec(torch.cat([up(x), skip], dim=1))
+        return self.head(x), bottom
+
+    def forward_train(self, x: torch.Tensor) -> tuple[torch.Tensor, None, torch.Tensor]:
+        """(segmentation logits, None, bottleneck features) for training."""
+        logits, bottom = self._segment(x)
+        return logits, None, bottom
+
+    def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return self.forward_train(x)[:2]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._segment(x)[0]
