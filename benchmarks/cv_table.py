@@ -1,0 +1,193 @@
+"""Cross-validation table (like Table II of Dangi et al.) from ``benchmarks/cv_evaluate.py``'s output.
+
+    python benchmarks/cv_table.py RUNS [--variants unet dmr] [--out docs/cv/README.md]
+
+Reads RUNS/eval_<variant>/{summary.json,metrics.csv,clinical.csv} (``cardioseg evaluate`` of
+every patient by its own fold's model) and RUNS/eval_<b>_vs_<a>/compare.csv (its paired
+Wilcoxon tests, b against the first variant a), plus each run's RUNS/<variant>/fold*/log.csv
+(seconds per epoch). Writes one Markdown file: Dice, HD95 and ASSD per structure at ED and ES
+(mean ± sd over patients), per-fold mean Dice, LV/RV EF, volumes and LV mass agreement with the
+references (Pearson r, bias, limits of agreement, mean absolute error; Wilcoxon p of the
+absolute errors against the first variant), and training cost. Copies the evaluation files
+next to it (RUNS/... paths are not part of the repository).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+
+LABELS = (("lv", "LV"), ("rv", "RV"), ("myo", "MYO"))
+METRICS = (("dice", "Dice", "{:.3f}"), ("hd95_mm", "HD95 mm", "{:.1f}"), ("assd_mm", "ASSD mm", "{:.2f}"))
+CLINICAL = (
+    ("lv_ef_pct", "LV EF %"), ("rv_ef_pct", "RV EF %"), ("lv_mass_g", "LV mass g"),
+    ("lv_edv_ml", "LV EDV mL"), ("rv_edv_ml", "RV EDV mL"),
+)  # fmt: skip
+NAMES = {"unet": "U-Net", "dmr": "DMR-U-Net"}
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def p_text(p: float | None) -> str:
+    if p is None or np.isnan(p):
+        return "–"
+    return f"{p:.2g}" if p >= 0.001 else "<0.001"
+
+
+def fold_of_patients(run: Path) -> dict[str, int]:
+    """patient -> the fold whose model scored it (from the exported weights' metadata)."""
+    from cardioseg.weights import load_weights
+
+    out = {}
+    for fold_dir in sorted(run.glob("fold*")):
+        pts = [p for p in fold_dir.glob("*.pt") if p.name not in ("last.pt", "best.pt")]
+        if pts:
+            for patient in load_weights(str(pts[0])).meta["training"]["val_patients"]:
+                out[patient] = int(fold_dir.name[4:])
+    return out
+
+
+def epoch_seconds(run: Path) -> tuple[float, int]:
+    """Median seconds per training epoch over every fold's log, and the epochs per fold."""
+    secs, epochs = [], set()
+    for log in sorted(run.glob("fold*/log.csv")):
+        rows = read_csv(log)
+        secs += [float(r["seconds"]) for r in rows]
+        epochs.add(len(rows))
+    return (statistics.median(secs) if secs else float("nan")), max(epochs, default=0)
+
+
+def wilcoxon_p(a: list[float], b: list[float]) -> float | None:
+    from scipy.stats import wilcoxon
+
+    diff = np.asarray(a) - np.asarray(b)
+    if len(diff) < 2 or np.allclose(diff, 0):
+        return None
+    return float(wilcoxon(a, b).pvalue)
+
+
+def build(runs: Path, variants: list[str]) -> str:
+    ref = variants[0]
+    summaries = {v: json.loads((runs / f"eval_{v}" / "summary.json").read_text()) for v in variants}
+    compares = {}
+    for v in variants[1:]:
+        rows = read_csv(runs / f"eval_{v}_vs_{ref}" / "compare.csv")
+        compares[v] = {(r["label"], r["phase"], r["metric"]): float(r["p_value"] or "nan") for r in rows}
+    names = [NAMES.get(v, v) for v in variants]
+    n = summaries[ref]["clinical"]["lv_ef_pct"]["n"]
+    scored = {r["study"] for r in read_csv(runs / f"eval_{ref}" / "metrics.csv")}
+    folds = {p: k for p, k in fold_of_patients(runs / ref).items() if p in scored}
+    lines = [
+        "# 5-fold cross-validation on the 80 ACDC training patients",
+        "",
+        (
+            f"Every patient is segmented by the model of the fold that held it out ({n} patients, "
+            f"{len(set(folds.values()))} folds, ED and ES frames at native resolution, after the 3D "
+            "connected-component clean-up), then scored by `cardioseg evaluate` against the expert "
+            f"labels. Mean ± sd over patients; p: two-sided paired Wilcoxon signed-rank test against "
+            f"{names[0]} (per patient; for the clinical indices on the absolute errors)."
+        ),
+        "",
+    ]
+    for phase in ("ED", "ES"):
+        header = ["", *[f"{label} {m}" for _, m, _ in METRICS for _, label in LABELS]]
+        lines += [f"## {phase}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for v, name in zip(variants, names):
+            cells = [name]
+            for key, _, fmt in METRICS:
+                for label, _ in LABELS:
+                    s = summaries[v]["by_phase"][phase][label][key]
+                    cells.append(f"{fmt.format(s['mean'])} ± {fmt.format(s['std'])}")
+            lines.append("| " + " | ".join(cells) + " |")
+            if v != ref:
+                ps = [p_text(compares[v].get((label, phase, key))) for key, _, _ in METRICS for label, _ in LABELS]
+                lines.append("| p vs " + names[0] + " | " + " | ".join(ps) + " |")
+        lines.append("")
+
+    lines += ["## Mean Dice per fold (ED and ES, three structures)", ""]
+    fold_ids = sorted(set(folds.values()))
+    lines += ["| | " + " | ".join(f"fold {k}" for k in fold_ids) + " | all |", "|" + "---|" * (len(fold_ids) + 2)]
+    for v, name in zip(variants, names):
+        rows = read_csv(runs / f"eval_{v}" / "metrics.csv")
+        by_fold: dict[int, list[float]] = {}
+        for r in rows:
+            if r["label"] in dict(LABELS) and r["dice"]:
+                by_fold.setdefault(folds[r["study"]], []).append(float(r["dice"]))
+        every = [d for k in fold_ids for d in by_fold.get(k, [])]
+        cells = [f"{np.mean(by_fold[k]):.3f}" if by_fold.get(k) else "–" for k in fold_ids]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {np.mean(every):.3f} |")
+    lines.append("")
+
+    lines += [
+        "## Clinical indices vs the references",
+        "",
+        "| | | r | bias | 95 % limits of agreement | mean abs. error | p (abs. error) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    clinical = {v: {r["study"]: r for r in read_csv(runs / f"eval_{v}" / "clinical.csv")} for v in variants}
+    for key, title in CLINICAL:
+        for v, name in zip(variants, names):
+            c = summaries[v]["clinical"][key]
+            p = "–"
+            if v != ref:
+                studies = sorted(set(clinical[v]) & set(clinical[ref]))
+                err = [abs(float(clinical[v][s][f"{key}_diff"])) for s in studies]
+                err_ref = [abs(float(clinical[ref][s][f"{key}_diff"])) for s in studies]
+                p = p_text(wilcoxon_p(err, err_ref))
+            lines.append(
+                f"| {title} | {name} | {c['pearson_r']:.3f} | {c['bias']:+.1f} | "
+                f"{c['loa_low']:+.1f} to {c['loa_high']:+.1f} | {c['mae']:.1f} | {p} |"
+            )
+    lines.append("")
+
+    lines += [
+        "## Training cost (this repository's 2-core CPU, bf16 autocast)",
+        "",
+        "| | epochs | median s/epoch |",
+        "|---|---|---|",
+    ]
+    for v, name in zip(variants, names):
+        sec, epochs = epoch_seconds(runs / v)
+        lines.append(f"| {name} | {epochs} | {sec:.1f} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("runs", type=Path)
+    ap.add_argument("--variants", nargs="+", default=["unet", "dmr"])
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "cv" / "README.md")
+    ap.add_argument("--intro", default="", help="a paragraph put under the title (the recipe, the command)")
+    args = ap.parse_args()
+    text = build(args.runs, args.variants)
+    if args.intro:
+        title, rest = text.split("\n", 1)
+        text = f"{title}\n\n{args.intro}\n{rest}"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    for v in args.variants:  # the evaluation behind the table
+        for name in ("summary.json", "metrics.csv", "clinical.csv"):
+            dest = args.out.parent / f"eval_{v}" / name
+            dest.parent.mkdir(exist_ok=True)
+            shutil.copyfile(args.runs / f"eval_{v}" / name, dest)
+    for v in args.variants[1:]:
+        dest = args.out.parent / f"eval_{v}_vs_{args.variants[0]}" / "compare.csv"
+        dest.parent.mkdir(exist_ok=True)
+        shutil.copyfile(args.runs / f"eval_{v}_vs_{args.variants[0]}" / "compare.csv", dest)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
