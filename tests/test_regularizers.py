@@ -20,7 +20,6 @@ from typer.testing import CliRunner
 
 from cardioseg import losses
 from cardioseg.cli import app
-from cardioseg.dataset import build_cache, find_frames
 from cardioseg.models import build_model
 from cardioseg.models.regularizers import Discriminator, LRNet, PositionHead, ShapeAutoencoder
 from cardioseg.preprocess import distance_maps
@@ -34,21 +33,17 @@ from cardioseg.train import (
     segmentation_loss,
     train,
 )
-from tests.test_dataset import TINY, write_acdc_tree
+from tests import test_train
 
 KW = {"in_channels": 1, "num_classes": 4, "base": 4, "depth": 4}
 
 
-@pytest.fixture(scope="module")
-def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """5 phantom patients, 64 x 64 px, 4 slices, ED + ES: 40 slices (as in test_train)."""
-    root = write_acdc_tree(tmp_path_factory.mktemp("data") / "acdc", n=5)
-    return build_cache(find_frames(root), tmp_path_factory.mktemp("cache") / "cache", TINY)
-
-
 def _cfg(cache: Path, out: Path, **kw) -> TrainConfig:
-    return TrainConfig(**{"cache": str(cache), "out": str(out), "epochs": 1, "batch_size": 4, "crop_px": 32,
-                          "base_width": 4, "shape_epochs": 2, **kw})  # fmt: skip
+    """test_train's tiny run, with a 2-epoch shape autoencoder."""
+    return test_train._cfg(cache, out, **{"shape_epochs": 2, **kw})
+
+
+tiny_cache = test_train.tiny_cache  # the same module-scoped phantom cache
 
 
 def _rows(path: Path) -> list[dict[str, str]]:

@@ -43,6 +43,20 @@ def _init(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
+def _encode_decode(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The U-Net pass shared by the 2D and 3D networks: (logits, bottleneck features)."""
+    skips = []
+    for enc in net.encoders:
+        x = enc(x)
+        skips.append(x)
+        x = net.pool(x)
+    bottom = net.bottleneck(x)
+    x = bottom
+    for up, dec, skip in zip(net.ups, net.decoders, reversed(skips)):
+        x = dec(torch.cat([up(x), skip], dim=1))
+    return net.head(x), bottom
+
+
 class DistanceDecoder(nn.Module):
     """SegNet-like decoder from the bottleneck to (N, out_channels, H, W) distance maps.
 
@@ -89,16 +103,7 @@ class UNet2D(nn.Module):
 
     def _segment(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, bottleneck features)."""
-        skips = []
-        for enc in self.encoders:
-            x = enc(x)
-            skips.append(x)
-            x = self.pool(x)
-        bottom = self.bottleneck(x)
-        x = bottom
-        for up, dec, skip in zip(self.ups, self.decoders, reversed(skips)):
-            x = dec(torch.cat([up(x), skip], dim=1))
-        return self.head(x), bottom
+        return _encode_decode(self, x)
 
     def forward_train(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """(segmentation logits, distance maps or None, bottleneck features) for training."""
@@ -201,16 +206,7 @@ class UNet3D(nn.Module):
         _init(self)
 
     def _segment(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        skips = []
-        for enc in self.encoders:
-            x = enc(x)
-            skips.append(x)
-            x = self.pool(x)
-        bottom = self.bottleneck(x)
-        x = bottom
-        for up, dec, skip in zip(self.ups, self.decoders, reversed(skips)):
-            x = dec(torch.cat([up(x), skip], dim=1))
-        return self.head(x), bottom
+        return _encode_decode(self, x)
 
     def forward_train(self, x: torch.Tensor) -> tuple[torch.Tensor, None, torch.Tensor]:
         """(segmentation logits, None, bottleneck features) for training."""
