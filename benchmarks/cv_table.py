@@ -5,7 +5,8 @@
 Reads RUNS/eval_<variant>/{summary.json,metrics.csv,clinical.csv} (``cardioseg evaluate`` of
 every patient by its own fold's model) and RUNS/eval_<b>_vs_<a>/compare.csv (its paired
 Wilcoxon tests, b against the first variant a), plus each run's RUNS/<variant>/fold*/log.csv
-(seconds per epoch). Writes one Markdown file: Dice, HD95 and ASSD per structure at ED and ES
+(seconds per epoch). Writes one Markdown file: a one-row-per-variant summary (mean Dice and
+HD95 per patient, EF and mass errors, p against the first variant, s/epoch); Dice, HD95 and ASSD per structure at ED and ES
 (mean ± sd over patients), per-fold mean Dice, LV/RV EF, volumes and LV mass agreement with the
 references (Pearson r, bias, limits of agreement, mean absolute error; Wilcoxon p of the
 absolute errors against the first variant), and training cost. Copies the evaluation files
@@ -30,7 +31,13 @@ CLINICAL = (
     ("lv_ef_pct", "LV EF %"), ("rv_ef_pct", "RV EF %"), ("lv_mass_g", "LV mass g"),
     ("lv_edv_ml", "LV EDV mL"), ("rv_edv_ml", "RV EDV mL"),
 )  # fmt: skip
-NAMES = {"unet": "U-Net", "dmr": "DMR-U-Net"}
+NAMES = {
+    "unet": "U-Net", "dmr": "DMR-U-Net", "ctx3": "2D multi-slice U-Net (3 slices, hybrid loss)",
+    "unet3d": "3D U-Net (hybrid loss)", "mapdice": "U-Net, MapDice loss", "explog": "U-Net, exp-log loss",
+    "lrnet": "U-Net + LR-Net", "srnn": "SRNN (exp-log + shape)", "scn": "SCN (exp-log + position)",
+    "srscn": "SRSCN (exp-log + shape + position)", "acnn": "ACNN (shape codes)", "gan": "U-Net + GAN",
+}  # fmt: skip
+TITLE = "# 5-fold cross-validation on the 80 ACDC training patients"
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -76,7 +83,55 @@ def wilcoxon_p(a: list[float], b: list[float]) -> float | None:
     return float(wilcoxon(a, b).pvalue)
 
 
-def build(runs: Path, variants: list[str]) -> str:
+def per_patient(rows: list[dict[str, str]], key: str) -> dict[str, float]:
+    """patient -> mean of ``key`` over the three structures at ED and ES (finite values only)."""
+    values: dict[str, list[float]] = {}
+    for r in rows:
+        if r["label"] in dict(LABELS) and r[key] not in ("", "nan", "inf"):
+            values.setdefault(r["study"], []).append(float(r[key]))
+    return {s: float(np.mean(v)) for s, v in values.items()}
+
+
+def summary_table(runs: Path, variants: list[str], names: list[str]) -> list[str]:
+    """One row per variant: mean Dice and HD95 per patient, EF and mass errors, p against the first."""
+    ref = variants[0]
+    metrics = {v: read_csv(runs / f"eval_{v}" / "metrics.csv") for v in variants}
+    clinical = {v: {r["study"]: r for r in read_csv(runs / f"eval_{v}" / "clinical.csv")} for v in variants}
+    cols = (("lv_ef_pct", "LV EF MAE %"), ("rv_ef_pct", "RV EF MAE %"), ("lv_mass_g", "LV mass MAE g"))
+    header = ["", "mean Dice", "p", "mean HD95 mm", "p", *[t for _, t in cols for t in (t, "p")], "s/epoch", "epochs"]
+    lines = [
+        "## Summary",
+        "",
+        "Per patient: the mean over LV, RV and MYO at ED and ES (HD95: of the finite values); EF and "
+        "mass: absolute error against the reference. p: paired Wilcoxon against " + names[0] + ".",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    ref_vals = {k: per_patient(metrics[ref], k) for k in ("dice", "hd95_mm")}
+    for v, name in zip(variants, names):
+        cells = [name]
+        for key, fmt in (("dice", "{:.3f}"), ("hd95_mm", "{:.2f}")):
+            vals = per_patient(metrics[v], key)
+            studies = sorted(set(vals) & set(ref_vals[key]))
+            cells.append(fmt.format(np.mean([vals[s] for s in studies])))
+            same = v == ref
+            cells.append(
+                "–" if same else p_text(wilcoxon_p([vals[s] for s in studies], [ref_vals[key][s] for s in studies]))
+            )
+        for key, _ in cols:
+            studies = sorted(set(clinical[v]) & set(clinical[ref]))
+            err = [abs(float(clinical[v][s][f"{key}_diff"])) for s in studies]
+            err_ref = [abs(float(clinical[ref][s][f"{key}_diff"])) for s in studies]
+            cells += [f"{np.mean(err):.1f}", "–" if v == ref else p_text(wilcoxon_p(err, err_ref))]
+        sec, epochs = epoch_seconds(runs / v)
+        cells += [f"{sec:.1f}", str(epochs)]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    return lines
+
+
+def build(runs: Path, variants: list[str], title: str = TITLE) -> str:
     ref = variants[0]
     summaries = {v: json.loads((runs / f"eval_{v}" / "summary.json").read_text()) for v in variants}
     compares = {}
@@ -88,7 +143,7 @@ def build(runs: Path, variants: list[str]) -> str:
     scored = {r["study"] for r in read_csv(runs / f"eval_{ref}" / "metrics.csv")}
     folds = {p: k for p, k in fold_of_patients(runs / ref).items() if p in scored}
     lines = [
-        "# 5-fold cross-validation on the 80 ACDC training patients",
+        title,
         "",
         (
             f"Every patient is segmented by the model of the fold that held it out ({n} patients, "
@@ -98,6 +153,7 @@ def build(runs: Path, variants: list[str]) -> str:
             f"{names[0]} (per patient; for the clinical indices on the absolute errors)."
         ),
         "",
+        *summary_table(runs, variants, names),
     ]
     for phase in ("ED", "ES"):
         header = ["", *[f"{label} {m}" for _, m, _ in METRICS for _, label in LABELS]]
@@ -135,7 +191,7 @@ def build(runs: Path, variants: list[str]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     clinical = {v: {r["study"]: r for r in read_csv(runs / f"eval_{v}" / "clinical.csv")} for v in variants}
-    for key, title in CLINICAL:
+    for key, row_title in CLINICAL:
         for v, name in zip(variants, names):
             c = summaries[v]["clinical"][key]
             p = "–"
@@ -145,7 +201,7 @@ def build(runs: Path, variants: list[str]) -> str:
                 err_ref = [abs(float(clinical[ref][s][f"{key}_diff"])) for s in studies]
                 p = p_text(wilcoxon_p(err, err_ref))
             lines.append(
-                f"| {title} | {name} | {c['pearson_r']:.3f} | {c['bias']:+.1f} | "
+                f"| {row_title} | {name} | {c['pearson_r']:.3f} | {c['bias']:+.1f} | "
                 f"{c['loa_low']:+.1f} to {c['loa_high']:+.1f} | {c['mae']:.1f} | {p} |"
             )
     lines.append("")
@@ -168,9 +224,10 @@ def main() -> int:
     ap.add_argument("runs", type=Path)
     ap.add_argument("--variants", nargs="+", default=["unet", "dmr"])
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "cv" / "README.md")
+    ap.add_argument("--title", default=TITLE, help="the Markdown title line")
     ap.add_argument("--intro", default="", help="a paragraph put under the title (the recipe, the command)")
     args = ap.parse_args()
-    text = build(args.runs, args.variants)
+    text = build(args.runs, args.variants, args.title)
     if args.intro:
         title, rest = text.split("\n", 1)
         text = f"{title}\n\n{args.intro}\n{rest}"
