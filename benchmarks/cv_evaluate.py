@@ -7,6 +7,8 @@ in each fold's weights are segmented by ``cardioseg predict --weights <that fold
 into RUNS/pred_<variant>/; then ``cardioseg evaluate`` scores each variant (RUNS/eval_<variant>)
 and the first variant against each other one with ``--compare`` (RUNS/eval_<a>_vs_<b>).
 Folds missing from any variant are left out of every variant, so comparisons stay paired.
+A variant "a+b" is the ensemble of runs a and b (``predict`` with each fold's weights of both,
+majority vote): every model in it held out the same patients, so it is scored without leakage.
 """
 
 from __future__ import annotations
@@ -28,6 +30,12 @@ def fold_weights(run: Path) -> dict[int, Path]:
     return out
 
 
+def variant_weights(runs: Path, variant: str) -> dict[int, list[Path]]:
+    """fold -> weights of a run, or of every run of an ensemble variant "a+b" (folds they share)."""
+    parts = [fold_weights(runs / v) for v in variant.split("+")]
+    return {k: [w[k] for w in parts] for k in sorted(set.intersection(*(set(w) for w in parts)))}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("runs", type=Path)
@@ -40,22 +48,25 @@ def main() -> int:
     from cardioseg.weights import load_weights
 
     cli = [sys.executable, "-m", "cardioseg"]
-    weights = {v: fold_weights(args.runs / v) for v in args.variants}
+    weights = {v: variant_weights(args.runs, v) for v in args.variants}
     folds = sorted(set.intersection(*(set(w) for w in weights.values())))
     print(f"folds with every variant: {folds}")
     for v in args.variants:
         pred = args.runs / f"pred_{v}"
         for k in folds:
-            patients = load_weights(str(weights[v][k])).meta["training"]["val_patients"]
+            patients = load_weights(str(weights[v][k][0])).meta["training"]["val_patients"]
             missing = [p for p in patients if not (pred / f"{p}_report.json").is_file()]
             if missing:
+                models = [a for w in weights[v][k] for a in ("--weights", str(w))]
                 subprocess.run([*cli, "predict", *(str(args.data / p) for p in missing), "-o", str(pred),
-                                "--weights", str(weights[v][k]), "-q"], check=True)  # fmt: skip
-        keep = {p for k in folds for p in load_weights(str(weights[v][k])).meta["training"]["val_patients"]}
+                                *models, "-q"], check=True)  # fmt: skip
+        keep = {p for k in folds for p in load_weights(str(weights[v][k][0])).meta["training"]["val_patients"]}
         for f in pred.glob("*_seg.nii.gz"):  # a fold dropped since: keep the comparison paired
             if f.name.split("_")[0] not in keep:
                 f.unlink()
-        subprocess.run([*cli, "evaluate", str(pred), str(args.data), "-o", str(args.runs / f"eval_{v}"), "-q"], check=True)
+        subprocess.run(
+            [*cli, "evaluate", str(pred), str(args.data), "-o", str(args.runs / f"eval_{v}"), "-q"], check=True
+        )
     a = args.variants[0]
     for b in args.variants[1:]:
         subprocess.run([*cli, "evaluate", str(args.runs / f"pred_{b}"), str(args.data), "-o",
