@@ -1,0 +1,87 @@
+"""benchmarks/cv_evaluate.py and benchmarks/cv_table.py: the helpers that pick each fold's
+weights (ensembles included) and build the one-row-per-variant summary, on a tiny fake RUNS."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+from pathlib import Path
+
+import pytest
+from conftest import REPO_ROOT
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+cv_evaluate = _load("cv_evaluate")
+cv_table = _load("cv_table")
+
+
+def _touch(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+    return path
+
+
+def test_variant_weights_pairs_the_folds_that_every_run_has(tmp_path):
+    u0 = _touch(tmp_path / "unet" / "fold0" / "unet2d-acdc-fold0.pt")
+    _touch(tmp_path / "unet" / "fold1" / "unet2d-acdc-fold1.pt")
+    _touch(tmp_path / "dmr" / "fold0" / "last.pt")  # checkpoints are not exported weights
+    _touch(tmp_path / "dmr" / "fold0" / "best.pt")
+    d0 = _touch(tmp_path / "dmr" / "fold0" / "dmr-unet2d-acdc-fold0.pt")
+    _touch(tmp_path / "dmr" / "fold2" / "last.pt")  # unfinished
+    assert cv_evaluate.variant_weights(tmp_path, "unet") == {
+        0: [u0],
+        1: [u0.parents[1] / "fold1" / "unet2d-acdc-fold1.pt"],
+    }
+    assert cv_evaluate.variant_weights(tmp_path, "unet+dmr") == {0: [u0, d0]}
+    assert cv_evaluate.variant_weights(tmp_path, "dmr+missing") == {}
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _fake_eval(runs: Path, variant: str, dice: dict[str, float], ef_err: dict[str, float], seconds: float) -> None:
+    metrics, clinical = [], []
+    for study, d in dice.items():
+        for phase in ("ED", "ES"):
+            for label in ("lv", "rv", "myo"):
+                metrics.append({"study": study, "phase": phase, "label": label, "dice": d, "hd95_mm": 2.0})
+            metrics.append({"study": study, "phase": phase, "label": "average", "dice": 0.0, "hd95_mm": 99.0})
+        metrics.append({"study": study, "phase": "ES", "label": "rv", "dice": d, "hd95_mm": "inf"})
+        clinical.append(
+            {"study": study, "lv_ef_pct_diff": -ef_err[study], "rv_ef_pct_diff": 1.0, "lv_mass_g_diff": 2.0}
+        )
+    _write_csv(runs / f"eval_{variant}" / "metrics.csv", metrics)
+    _write_csv(runs / f"eval_{variant}" / "clinical.csv", clinical)
+    _write_csv(runs / variant / "fold0" / "log.csv", [{"epoch": e, "seconds": seconds} for e in (1, 2, 3)])
+
+
+def test_summary_table_rows_means_and_paired_p(tmp_path):
+    studies = [f"patient{i:03d}" for i in range(1, 9)]
+    _fake_eval(tmp_path, "unet", {s: 0.80 for s in studies}, {s: 4.0 for s in studies}, seconds=20.0)
+    _fake_eval(
+        tmp_path, "explog", {s: 0.80 + 0.01 * i for i, s in enumerate(studies, 1)}, {s: 2.0 for s in studies}, 30.0
+    )
+    lines = cv_table.summary_table(tmp_path, ["unet", "explog"], ["U-Net", "U-Net, exp-log loss"])
+    rows = [line.split(" | ") for line in lines if line.startswith("| U-Net")]
+    assert len(rows) == 2
+    ref, other = rows
+    # Dice: the mean over the structures of each patient, then over patients ("average" rows ignored)
+    assert ref[1] == "0.800" and other[1] == f"{0.80 + 0.045:.3f}"
+    # HD95: infinite values are left out, so every patient's mean is 2 mm
+    assert ref[3] == "2.00" and other[3] == "2.00"
+    assert ref[2] == "–" and other[4] == "–"  # the reference has no p; identical HD95 has none either
+    assert float(other[2]) == pytest.approx(0.0078, abs=1e-4)  # 8 paired improvements: exact Wilcoxon
+    assert ref[5] == "4.0" and other[5] == "2.0"  # LV EF absolute error
+    assert other[-2] == "30.0" and other[-1].rstrip(" |") == "3"  # s/epoch, epochs
