@@ -88,9 +88,19 @@ def main() -> int:
     name = patients[0]
     info = read_info_cfg(data / name / "Info.cfg")
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "cardioseg", "predict", "--quiet", "-o", tmp,
-               "--ed", str(data / name / f"{name}_frame{info.ed:02d}.nii.gz"),
-               "--es", str(data / name / f"{name}_frame{info.es:02d}.nii.gz")]
+        cmd = [
+            sys.executable,
+            "-m",
+            "cardioseg",
+            "predict",
+            "--quiet",
+            "-o",
+            tmp,
+            "--ed",
+            str(data / name / f"{name}_frame{info.ed:02d}.nii.gz"),
+            "--es",
+            str(data / name / f"{name}_frame{info.es:02d}.nii.gz"),
+        ]
         if args.weights:
             cmd += ["--weights", args.weights]
         t0 = time.perf_counter()

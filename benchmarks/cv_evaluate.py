@@ -18,13 +18,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+# a run folder's training checkpoints (the rest of its *.pt is the exported weights)
+CHECKPOINTS = ("last.pt", "best.pt", "shape_ae.pt")
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def fold_weights(run: Path) -> dict[int, Path]:
     out = {}
     for fold_dir in sorted(run.glob("fold*")):
-        pts = [p for p in fold_dir.glob("*.pt") if p.name not in ("last.pt", "best.pt")]
+        pts = [p for p in fold_dir.glob("*.pt") if p.name not in CHECKPOINTS]
         if pts:
             out[int(fold_dir.name[4:])] = pts[0]
     return out

@@ -33,6 +33,7 @@ def test_variant_weights_pairs_the_folds_that_every_run_has(tmp_path):
     _touch(tmp_path / "unet" / "fold1" / "unet2d-acdc-fold1.pt")
     _touch(tmp_path / "dmr" / "fold0" / "last.pt")  # checkpoints are not exported weights
     _touch(tmp_path / "dmr" / "fold0" / "best.pt")
+    _touch(tmp_path / "dmr" / "fold0" / "shape_ae.pt")  # a pre-trained shape autoencoder (srnn, acnn)
     d0 = _touch(tmp_path / "dmr" / "fold0" / "dmr-unet2d-acdc-fold0.pt")
     _touch(tmp_path / "dmr" / "fold2" / "last.pt")  # unfinished
     assert cv_evaluate.variant_weights(tmp_path, "unet") == {
