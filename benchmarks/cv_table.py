@@ -31,8 +31,6 @@ CLINICAL = (
     ("lv_ef_pct", "LV EF %"), ("rv_ef_pct", "RV EF %"), ("lv_mass_g", "LV mass g"),
     ("lv_edv_ml", "LV EDV mL"), ("rv_edv_ml", "RV EDV mL"),
 )  # fmt: skip
-# a run folder's training checkpoints (the rest of its *.pt is the exported weights)
-CHECKPOINTS = ("last.pt", "best.pt", "shape_ae.pt")
 NAMES = {
     "unet": "U-Net", "dmr": "DMR-U-Net", "ctx3": "2D multi-slice U-Net (3 slices, hybrid loss)",
     "unet3d": "3D U-Net (hybrid loss)", "mapdice": "U-Net, MapDice loss", "explog": "U-Net, exp-log loss",
@@ -57,12 +55,13 @@ def fold_of_patients(run: Path) -> dict[str, int]:
     """patient -> the fold whose model scored it (from the exported weights' metadata)."""
     from cardioseg.weights import load_weights
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from cv_evaluate import fold_weights  # which *.pt of a fold is its exported weights
+
     out = {}
-    for fold_dir in sorted(run.glob("fold*")):
-        pts = [p for p in fold_dir.glob("*.pt") if p.name not in CHECKPOINTS]
-        if pts:
-            for patient in load_weights(str(pts[0])).meta["training"]["val_patients"]:
-                out[patient] = int(fold_dir.name[4:])
+    for k, weights in fold_weights(run).items():
+        for patient in load_weights(str(weights)).meta["training"]["val_patients"]:
+            out[patient] = k
     return out
 
 
