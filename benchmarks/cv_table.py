@@ -75,13 +75,11 @@ def epoch_seconds(run: Path) -> tuple[float, int]:
     return (statistics.median(secs) if secs else float("nan")), max(epochs, default=0)
 
 
-def wilcoxon_p(a: list[float], b: list[float]) -> float | None:
-    from scipy.stats import wilcoxon
+def wilcoxon_p(a: list[float], b: list[float]) -> float:
+    """p of the paired Wilcoxon test (``cardioseg.metrics.wilcoxon_p``: the one the evaluation uses)."""
+    from cardioseg.metrics import wilcoxon_p as paired
 
-    diff = np.asarray(a) - np.asarray(b)
-    if len(diff) < 2 or np.allclose(diff, 0):
-        return None
-    return float(wilcoxon(a, b).pvalue)
+    return paired(a, b)[1]
 
 
 def per_patient(rows: list[dict[str, str]], key: str) -> dict[str, float]:

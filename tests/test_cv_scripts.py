@@ -82,7 +82,7 @@ def test_summary_table_rows_means_and_paired_p(tmp_path):
     assert ref[1] == "0.800" and other[1] == f"{0.80 + 0.045:.3f}"
     # HD95: infinite values are left out, so every patient's mean is 2 mm
     assert ref[3] == "2.00" and other[3] == "2.00"
-    assert ref[2] == "–" and other[4] == "–"  # the reference has no p; identical HD95 has none either
+    assert ref[2] == "–" and other[4] == "1"  # the reference has no p; identical HD95: p = 1 (metrics.wilcoxon_p)
     assert float(other[2]) == pytest.approx(0.0078, abs=1e-4)  # 8 paired improvements: exact Wilcoxon
     assert ref[5] == "4.0" and other[5] == "2.0"  # LV EF absolute error
     assert other[-2] == "30.0" and other[-1].rstrip(" |") == "3"  # s/epoch, epochs
