@@ -16,19 +16,23 @@ A checkpoint is a ``torch.save``'d dict of plain types and tensors (loadable wit
     state_sha256  sha256 of the state dict's tensors (checked on every load)
     state_dict    parameter tensors (fp16 for floating point)
 
-Shipped weights are also listed in ``weights/registry.json`` with the sha256 of the whole
-file, checked when they are loaded by name.
+Shipped weights are package data beside this module (``cardioseg/weights/*.pt``, read with
+:mod:`importlib.resources`, so wheels, user installs and zip apps find them) and listed in
+``cardioseg/weights/registry.json`` with the sha256 of the whole file, checked when they are
+loaded by name. ``$CARDIOSEG_WEIGHTS_DIR`` points at another folder laid out the same way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cardioseg.errors import CardiosegError, WeightsError
 from cardioseg.labels import LabelMap, label_map_from_dict
@@ -36,27 +40,34 @@ from cardioseg.models.inputs import InputSpec
 from cardioseg.models.registry import THREE_D
 from cardioseg.preprocess import PreprocessConfig
 
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
 FORMAT = "cardioseg-weights/1"
 DEFAULT_WEIGHTS = "dmr-unet2d-acdc"
 
 
-def weights_dir() -> Path:
-    """Where shipped weights live: $CARDIOSEG_WEIGHTS_DIR, the source tree, or the install prefix."""
+def weights_dir() -> Traversable:
+    """Where shipped weights live: ``$CARDIOSEG_WEIGHTS_DIR``, else this package's data."""
     env = os.environ.get("CARDIOSEG_WEIGHTS_DIR")
     if env:
         return Path(env)
-    source = Path(__file__).resolve().parent.parent / "weights"
-    if (source / "registry.json").is_file():
-        return source
-    return Path(sys.prefix) / "share" / "cardioseg" / "weights"
+    return resources.files(__name__)
 
 
 def registry() -> dict[str, dict[str, str]]:
     """``{name: {"file": ..., "sha256": ...}}`` of the shipped weights."""
-    path = weights_dir() / "registry.json"
-    if not path.is_file():
+    entry = weights_dir() / "registry.json"
+    if not entry.is_file():
         return {}
-    return json.loads(path.read_text())
+    return json.loads(entry.read_text())
+
+
+@contextlib.contextmanager
+def _local_file(entry: Traversable) -> Iterator[Path]:
+    """A shipped weights file as a real path (extracted for the duration if it lies in a zip)."""
+    with resources.as_file(entry) as path:
+        yield Path(path)
 
 
 def sha256_file(path: Path) -> str:
@@ -110,8 +121,8 @@ class LoadedWeights:
         return model.eval()
 
 
-def resolve(spec: str | os.PathLike[str] | None) -> tuple[Path, str | None]:
-    """A registry name or a file path -> (path, expected file sha256 or None)."""
+def resolve(spec: str | os.PathLike[str] | None) -> tuple[Traversable, str | None]:
+    """A registry name or a file path -> (the file, expected file sha256 or None)."""
     spec = DEFAULT_WEIGHTS if spec is None else spec
     reg = registry()
     if isinstance(spec, str) and spec in reg:
@@ -126,11 +137,16 @@ def resolve(spec: str | os.PathLike[str] | None) -> tuple[Path, str | None]:
 
 def load_weights(spec: str | os.PathLike[str] | None = None) -> LoadedWeights:
     """Resolve, verify and load a checkpoint (``weights_only=True``)."""
+    entry, expected = resolve(spec)
+    if not entry.is_file():
+        raise WeightsError(f'Weights file missing: "{entry}" (reinstall cardioseg or pass --weights PATH)')
+    with _local_file(entry) as path:
+        return _load_verified(path, expected)
+
+
+def _load_verified(path: Path, expected: str | None) -> LoadedWeights:
     import torch
 
-    path, expected = resolve(spec)
-    if not path.is_file():
-        raise WeightsError(f'Weights file missing: "{path}" (reinstall cardioseg or pass --weights PATH)')
     digest = sha256_file(path)
     if expected is not None and digest != expected:
         raise WeightsError(f'Weights "{path}" fail their checksum (sha256 {digest[:12]}…, expected {expected[:12]}…)')
