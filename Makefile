@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 DEMO_DIR ?= demo
 
-.PHONY: install demo test bench bench-acdc clean
+.PHONY: install demo lint test bench bench-acdc clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,14 +22,18 @@ install: $(VENV)/.installed
 demo: install
 	$(PY) -m cardioseg.demo --out $(DEMO_DIR)
 
-test: install
+lint: install
+	$(VENV)/bin/ruff check cardioseg tests benchmarks
+	$(VENV)/bin/mypy
+
+test: lint
 	$(PY) -m pytest -q
 
-# speed/memory/precision table of this machine -> runs/bench.json and benchmarks/README.md
+# speed/memory/precision table of this machine -> benchmarks/results/bench.json and benchmarks/README.md
 # (BENCH_ARGS="--device cuda" or "--threads 2" or "--quick"; run it on a quiet machine)
 BENCH_ARGS ?=
 bench: install
-	$(PY) benchmarks/bench.py --out runs/bench.json --write-readme $(BENCH_ARGS)
+	$(PY) benchmarks/bench.py --out benchmarks/results/bench.json --write-readme $(BENCH_ARGS)
 
 bench-acdc: install
 	$(PY) benchmarks/acdc_validation.py --out runs/acdc_validation

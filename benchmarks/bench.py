@@ -1,7 +1,7 @@
 """Speed, memory and precision of ``cardioseg predict`` on one machine, in one run.
 
     python benchmarks/bench.py                       # CPU or GPU (auto), synthetic + ACDC when present
-    python benchmarks/bench.py --device cpu --threads 2 --out runs/bench.json --write-readme
+    python benchmarks/bench.py --device cpu --threads 2 --out benchmarks/results/bench.json --write-readme
     python benchmarks/bench.py --quick               # small and fast: checks that it all runs
     make bench                                       # the same with --write-readme
 
@@ -76,20 +76,20 @@ TARGETS = {
 # Where the end-to-end time goes: (stage, "module[:Class]", attribute). Wall time spent inside
 # these calls is summed per stage; they do not nest.
 STAGES: list[tuple[str, str, str]] = [
-    ("read", "cardioseg.pipeline", "read_study"),
-    ("normalise + to model space", "cardioseg.inference", "normalize_intensity"),
+    ("read", "cardioseg.batch.run", "read_study"),
+    ("normalise + to model space", "cardioseg.preprocess", "normalize_intensity"),
     ("normalise + to model space", "cardioseg.geometry:ModelSpace", "image_to_model"),
     ("network (+ softmax, copy back)", "cardioseg.inference:Predictor", "slice_probabilities"),
     ("back to native + argmax", "cardioseg.geometry:ModelSpace", "probabilities_to_labels"),
     ("clean-up (largest component)", "cardioseg.inference", "_clean_up"),
-    ("measure (volumes, ED/ES, QC)", "cardioseg.pipeline", "frame_volumes"),
-    ("measure (volumes, ED/ES, QC)", "cardioseg.pipeline", "detect_ed_es"),
-    ("measure (volumes, ED/ES, QC)", "cardioseg.pipeline", "clinical_measures"),
-    ("measure (volumes, ED/ES, QC)", "cardioseg.pipeline", "study_flags"),
-    ("write NIfTI", "cardioseg.pipeline", "write_mask"),
-    ("write report (+ summary.csv)", "cardioseg.pipeline", "build_report"),
-    ("write report (+ summary.csv)", "cardioseg.pipeline", "write_report"),
-    ("write report (+ summary.csv)", "cardioseg.pipeline", "refresh_summary"),
+    ("measure (volumes, ED/ES, QC)", "cardioseg.batch.run", "frame_volumes"),
+    ("measure (volumes, ED/ES, QC)", "cardioseg.batch.run", "detect_ed_es"),
+    ("measure (volumes, ED/ES, QC)", "cardioseg.batch.run", "clinical_measures"),
+    ("measure (volumes, ED/ES, QC)", "cardioseg.batch.run", "study_flags"),
+    ("write NIfTI", "cardioseg.batch.run", "write_mask"),
+    ("write report (+ summary.csv)", "cardioseg.batch.run", "build_report"),
+    ("write report (+ summary.csv)", "cardioseg.batch.run", "write_report"),
+    ("write report (+ summary.csv)", "cardioseg.batch.run", "refresh_summary"),
 ]
 
 
@@ -289,7 +289,7 @@ def machine_info(device: str) -> dict[str, Any]:
     import scipy
     import torch
 
-    from cardioseg.inference import choose_num_threads, physical_cores
+    from cardioseg.runtime import choose_num_threads, physical_cores
 
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text()
@@ -391,7 +391,7 @@ def write_cine(
 
 def run_batch(paths: Sequence[Path], predictor: Any, out: Path) -> tuple[float, list[Any]]:
     """Wall seconds of one ``run_predict`` over these inputs (as ``cardioseg predict`` runs them)."""
-    from cardioseg.pipeline import StudyOptions, plan_studies, run_predict
+    from cardioseg.batch import StudyOptions, plan_studies, run_predict
 
     studies = plan_studies(list(paths), None, None)
     out.mkdir(parents=True, exist_ok=True)
@@ -408,13 +408,9 @@ def run_batch(paths: Sequence[Path], predictor: Any, out: Path) -> tuple[float, 
 
 def model_slices(predictor: Any, frame: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """The normalised (S, fov, fov) model-space slices the network sees for one frame."""
-    from cardioseg.geometry import ModelSpace
-    from cardioseg.preprocess import normalize_intensity
+    from cardioseg.preprocess import image_to_model
 
-    c = predictor.config
-    space = ModelSpace.for_image(affine, frame.shape, c.spacing_mm, c.fov_px)
-    norm, floor = normalize_intensity(frame, c.clip_low_pct, c.clip_high_pct)
-    return space.image_to_model(norm, cval=floor)
+    return image_to_model(frame, affine, predictor.config)[1]
 
 
 def network_only(predictor: Any, slices: Sequence[np.ndarray], repeats: int) -> float:
@@ -533,8 +529,9 @@ def _step(name: str) -> Iterator[None]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from cardioseg.inference import PredictOptions, Predictor, resolve_device, resolve_precision
+    from cardioseg.inference import PredictOptions, Predictor
     from cardioseg.io import read_volume
+    from cardioseg.runtime import resolve_device, resolve_precision
     from cardioseg.weights import load_weights
 
     if args.threads:

@@ -223,6 +223,8 @@ def main() -> int:
     ap.add_argument("runs", type=Path)
     ap.add_argument("--variants", nargs="+", default=["unet", "dmr"])
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "cv" / "README.md")
+    ap.add_argument("--results", type=Path, default=None,
+                    help="where the evaluation files behind the table are copied (default: benchmarks/results/<the --out folder's name>)")
     ap.add_argument("--title", default=TITLE, help="the Markdown title line")
     ap.add_argument("--intro", default="", help="a paragraph put under the title (the recipe, the command)")
     args = ap.parse_args()
@@ -232,14 +234,15 @@ def main() -> int:
         text = f"{title}\n\n{args.intro}\n{rest}"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
+    results = args.results or Path(__file__).resolve().parent / "results" / args.out.parent.name
     for v in args.variants:  # the evaluation behind the table
         for name in ("summary.json", "metrics.csv", "clinical.csv"):
-            dest = args.out.parent / f"eval_{v}" / name
-            dest.parent.mkdir(exist_ok=True)
+            dest = results / f"eval_{v}" / name
+            dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(args.runs / f"eval_{v}" / name, dest)
     for v in args.variants[1:]:
-        dest = args.out.parent / f"eval_{v}_vs_{args.variants[0]}" / "compare.csv"
-        dest.parent.mkdir(exist_ok=True)
+        dest = results / f"eval_{v}_vs_{args.variants[0]}" / "compare.csv"
+        dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(args.runs / f"eval_{v}_vs_{args.variants[0]}" / "compare.csv", dest)
     print(text)
     return 0

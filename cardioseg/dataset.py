@@ -3,7 +3,8 @@
 Two layouts are understood:
 
 - **ACDC**: ``ROOT/patientNNN/`` folders with ``Info.cfg`` (ED/ES frame numbers, group) and
-  ``patientNNN_frameXX.nii.gz`` + ``patientNNN_frameXX_gt.nii.gz`` for the ED and ES frames.
+  ``patientNNN_frameXX.nii.gz`` + ``patientNNN_frameXX_gt.nii.gz`` (or ``.nii``) for the ED and ES
+  frames (the layout is :mod:`cardioseg.io.layouts`).
 - **generic**: ``ROOT/images/X.nii.gz`` and ``ROOT/labels/X.nii.gz`` (or ``X_gt``/``X_seg``)
   with matching names. A name ending in ``_ED``/``_ES`` gives the phase and the patient
   (``case7_ED`` -> patient ``case7``); otherwise each file is its own patient. An optional
@@ -38,7 +39,18 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from cardioseg.errors import ConfigError, InputFileNotFoundError
-from cardioseg.io import IMAGE_SUFFIXES, read_info_cfg, read_volume, strip_image_suffix
+from cardioseg.io import read_volume
+from cardioseg.io.layouts import (
+    ACDC_INFO_NAME,
+    LABEL_SUFFIXES,
+    REFERENCE_SUFFIX,
+    acdc_frame_file,
+    acdc_frame_stem,
+    is_image_name,
+    is_patient_folder,
+    read_info_cfg,
+    strip_image_suffix,
+)
 from cardioseg.labels import ACDC, LabelMap
 from cardioseg.preprocess import DISTANCE_TRUNCATION_PX, PreprocessConfig, distance_maps, normalize_intensity
 
@@ -76,8 +88,8 @@ def acdc_patients(root: Path) -> list[Patient]:
         raise InputFileNotFoundError(f'Folder not found: "{root}"')
     patients = []
     for folder in sorted(root.iterdir()):
-        if (folder / "Info.cfg").is_file():
-            info = read_info_cfg(folder / "Info.cfg")
+        if is_patient_folder(folder):
+            info = read_info_cfg(folder / ACDC_INFO_NAME)
             if info.ed is None or info.es is None:
                 continue
             patients.append(Patient(folder.name, info.group or "unknown", folder, info.ed, info.es))
@@ -90,11 +102,12 @@ def _acdc_frames(root: Path) -> list[LabelledFrame]:
     frames = []
     for p in acdc_patients(root):
         for phase, number in (("ED", p.ed), ("ES", p.es)):
-            stem = p.folder / f"{p.name}_frame{number:02d}"
-            image, labels = Path(f"{stem}.nii.gz"), Path(f"{stem}_gt.nii.gz")
+            stem = acdc_frame_stem(p.folder, number)
+            image = acdc_frame_file(p.folder, number) or Path(f"{stem}.nii.gz")
+            labels = acdc_frame_file(p.folder, number, REFERENCE_SUFFIX) or Path(f"{stem}{REFERENCE_SUFFIX}.nii.gz")
             for f in (image, labels):
                 if not f.is_file():
-                    raise InputFileNotFoundError(f'File not found: "{f}" (named by {p.folder / "Info.cfg"})')
+                    raise InputFileNotFoundError(f'File not found: "{f}" (named by {p.folder / ACDC_INFO_NAME})')
             frames.append(LabelledFrame(p.name, p.group, phase, image, labels))
     return frames
 
@@ -103,19 +116,19 @@ def _generic_frames(root: Path) -> list[LabelledFrame]:
     images_dir, labels_dir = root / "images", root / "labels"
     groups: dict[str, str] = {}
     if (root / "groups.csv").is_file():
-        with open(root / "groups.csv", newline="") as f:
-            groups = {r["patient"]: r["group"] for r in csv.DictReader(f)}
+        with open(root / "groups.csv", newline="") as table:
+            groups = {r["patient"]: r["group"] for r in csv.DictReader(table)}
     labels: dict[str, Path] = {}
     for f in sorted(labels_dir.iterdir()):
         stem = strip_image_suffix(f.name)
-        if f.name.lower().endswith(IMAGE_SUFFIXES) and not f.name.startswith("."):
-            for suffix in ("_gt", "_seg", ""):
+        if is_image_name(f.name):
+            for suffix in LABEL_SUFFIXES:
                 if stem.endswith(suffix):
                     labels.setdefault(stem[: len(stem) - len(suffix)] if suffix else stem, f)
                     break
     frames = []
     for f in sorted(images_dir.iterdir()):
-        if not f.name.lower().endswith(IMAGE_SUFFIXES) or f.name.startswith("."):
+        if not is_image_name(f.name):
             continue
         key = strip_image_suffix(f.name)
         if key not in labels:
@@ -255,7 +268,7 @@ def build_cache(
     progress: Callable[[LabelledFrame], None] | None = None,
 ) -> Path:
     """Preprocess every frame into the cache folder ``out`` (see the module docstring)."""
-    from cardioseg import __version__
+    from cardioseg._version import __version__
 
     out = Path(out)
     cfg = cfg or PreprocessConfig()

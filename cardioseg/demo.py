@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     import nibabel as nib
 
     ph = make_phantom()
-    pred = np.asarray(nib.load(str(out / "predict" / "phantom_cine_seg.nii.gz")).dataobj)
+    pred = np.asarray(nib.load(str(out / "predict" / "phantom_cine_seg.nii.gz")).dataobj)  # type: ignore[attr-defined]
     report = json.loads((out / "predict" / "phantom_cine_report.json").read_text())
     print("\nAgainst the phantom's known truth (all frames):")
     for name, k in ACDC.structures.items():

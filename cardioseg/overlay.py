@@ -2,7 +2,7 @@
 
 Needs matplotlib (``pip install 'cardioseg[plots]'``); without it :func:`require_matplotlib`
 raises a ConfigError that says how to install it. One file per study,
-``<out>/<study>_overlay.png`` (:func:`overlay_path`):
+``<out>/<study>_overlay.png`` (:func:`cardioseg.batch.outputs.overlay_path`):
 
 * one row per phase (ED and ES, or the single frame), one column per short-axis slice in
   file order, each panel labelled ``s<k>`` with ``k`` the index along the stored slice axis
@@ -73,11 +73,6 @@ _WORLD_LETTERS = (("R", "L"), ("A", "P"), ("S", "I"))
 def require_matplotlib() -> None:
     """Raise a ConfigError that says how to install matplotlib for ``--overlay``."""
     plots.require_matplotlib("--overlay")
-
-
-def overlay_path(out_dir: Path, study_name: str) -> Path:
-    """Where ``predict --overlay`` writes a study's montage: ``<out_dir>/<study>_overlay.png``."""
-    return Path(out_dir) / f"{study_name}_overlay.png"
 
 
 # ---------------------------------------------------------------------------- geometry

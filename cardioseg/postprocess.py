@@ -1,4 +1,10 @@
-"""Clean-up of predicted label volumes: the largest 3D connected component per label."""
+"""Clean-up of predicted label volumes.
+
+- :func:`keep_largest_components`: the largest 3D connected component per label;
+- :func:`anatomical_clean_up`: the components that make a heart: the LV cavity and myocardium
+  of the largest LV+myocardium component, the RV component that borders the myocardium (not
+  merely the largest: a decoy such as the stomach can be larger), holes in the LV cavity filled.
+"""
 
 from __future__ import annotations
 
@@ -64,6 +70,75 @@ def keep_largest_components(
     return out
 
 
+def anatomical_clean_up(
+    labels: np.ndarray,
+    spacing_mm: tuple[float, float, float],
+    lv: int,
+    myo: int,
+    rv: int,
+    slice_axis: int = 2,
+    tolerance_mm: float = 8.0,
+    contact_mm: float = 4.0,
+) -> np.ndarray:
+    """Keep the components of a 3D label volume that form a heart (returns a new array).
+
+    1. the largest component (:func:`largest_component`) of LV cavity + myocardium: the left
+       ventricle; LV cavity and myocardium outside it are dropped, and each keeps its largest
+       component inside it;
+    2. holes of the LV cavity, slice by slice, become cavity (ACDC: papillary muscles and
+       trabeculations belong to the cavity);
+    3. of the RV components (linked across slice gaps as in :func:`largest_component`), the one
+       with the most voxels within ``contact_mm`` in-plane of the kept myocardium (the RV
+       borders the septum); the largest one if none touches it.
+
+    >>> m = np.zeros((40, 40, 3), np.uint8)
+    >>> m[10:20, 10:20] = 2; m[12:18, 12:18] = 3         # LV ring around a cavity
+    >>> m[10:20, 20:24] = 1                              # RV beside the septum: small
+    >>> m[28:40, 0:30, :] = 1                            # a larger decoy far below
+    >>> out = anatomical_clean_up(m, (1.0, 1.0, 8.0), lv=3, myo=2, rv=1, tolerance_mm=2)
+    >>> int((out == 1).sum()), int((out == 3).sum())
+    (120, 108)
+    """
+    labels = np.asarray(labels)
+    radii = _radii(spacing_mm, slice_axis, tolerance_mm)
+    out = np.zeros_like(labels)
+    heart = largest_component(np.isin(labels, (lv, myo)), spacing_mm, slice_axis, tolerance_mm)
+    cavity = largest_component((labels == lv) & heart, spacing_mm, slice_axis, tolerance_mm)
+    wall = largest_component((labels == myo) & heart, spacing_mm, slice_axis, tolerance_mm)
+    out[wall] = myo
+    out[_fill_holes_in_plane(cavity, slice_axis)] = lv
+    out[_bordering_component(labels == rv, out == myo, radii, spacing_mm, slice_axis, contact_mm)] = rv
+    return out
+
+
+def _fill_holes_in_plane(mask: np.ndarray, slice_axis: int) -> np.ndarray:
+    """``mask`` with the holes of each slice (along ``slice_axis``) filled."""
+    moved = np.moveaxis(mask, slice_axis, 0)
+    filled = np.stack([ndimage.binary_fill_holes(s) if s.any() else s for s in moved])
+    return np.moveaxis(filled, 0, slice_axis)
+
+
+def _bordering_component(
+    mask: np.ndarray, wall: np.ndarray, radii: list[int], spacing_mm: tuple[float, float, float],
+    slice_axis: int, contact_mm: float,
+) -> np.ndarray:
+    """The component of ``mask`` with the most voxels within ``contact_mm`` in-plane of ``wall``
+    (the largest if none comes that close)."""
+    if not mask.any():
+        return mask.copy()
+    components, n, sizes = _linked_components(mask, radii)
+    if n <= 1:
+        return mask.copy()
+    contact = np.zeros(n + 1, dtype=np.int64)
+    if wall.any():
+        reach = [0 if a == slice_axis else max(1, round(contact_mm / spacing_mm[a])) for a in range(3)]
+        near = _dilate(wall, _ellipsoid(reach))
+        contact = np.bincount(components[mask & near], minlength=n + 1)
+        contact[0] = 0
+    best = int(np.argmax(contact)) if contact.max() > 0 else int(np.argmax(sizes))
+    return mask & (components == best)
+
+
 # The work happens in a label's bounding box grown by the dilation radii: nothing outside it
 # can be reached, and labelling a box keeps the scan order (the same components, numbered
 # alike), so the result is exactly that of the whole volume.
@@ -81,17 +156,25 @@ def _largest_in_box(mask: np.ndarray, radii: list[int]) -> np.ndarray:
     """The largest component of ``mask`` (see :func:`largest_component`) on a bounding box."""
     if not mask.any():
         return mask.copy()
-    probe = mask
-    if any(radii):
-        grids = np.ogrid[tuple(slice(-r, r + 1) for r in radii)]
-        ball = sum((g / max(r, 1)) ** 2 for g, r in zip(grids, radii)) <= 1.0
-        probe = _dilate(mask, ball)
-    components, n = ndimage.label(probe, structure=np.ones((3, 3, 3), dtype=bool))
+    components, n, sizes = _linked_components(mask, radii)
     if n <= 1:
         return mask.copy()
+    return mask & (components == int(np.argmax(sizes)))
+
+
+def _ellipsoid(radii: list[int]) -> np.ndarray:
+    grids = np.ogrid[tuple(slice(-r, r + 1) for r in radii)]
+    return np.asarray(sum((g / max(r, 1)) ** 2 for g, r in zip(grids, radii)) <= 1.0, dtype=bool)
+
+
+def _linked_components(mask: np.ndarray, radii: list[int]) -> tuple[np.ndarray, int, np.ndarray]:
+    """(component of each voxel, number of components, voxels of ``mask`` per component; 0:
+    none) with pieces linked when they come within ``radii`` voxels of each other."""
+    probe = _dilate(mask, _ellipsoid(radii)) if any(radii) else mask
+    components, n = ndimage.label(probe, structure=np.ones((3, 3, 3), dtype=bool))
     sizes = np.bincount(components[mask], minlength=n + 1)
     sizes[0] = 0
-    return mask & (components == int(np.argmax(sizes)))
+    return components, int(n), sizes
 
 
 def _dilate(mask: np.ndarray, ball: np.ndarray) -> np.ndarray:

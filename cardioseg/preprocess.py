@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from cardioseg.geometry import ModelSpace
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,17 @@ class PreprocessConfig:
             clip_low_pct=float(d["clip_low_pct"]),
             clip_high_pct=float(d["clip_high_pct"]),
         )
+
+
+def image_to_model(frame: np.ndarray, affine: np.ndarray, cfg: PreprocessConfig) -> tuple[ModelSpace, np.ndarray]:
+    """One stored 3D frame -> (its ModelSpace, the (S, fov, fov) float32 normalised slices the
+    network sees). The one model-space preparation of training (the cache), inference and the
+    benchmark."""
+    from cardioseg.geometry import ModelSpace
+
+    space = ModelSpace.for_image(affine, frame.shape, cfg.spacing_mm, cfg.fov_px)
+    norm, floor = normalize_intensity(frame, cfg.clip_low_pct, cfg.clip_high_pct)
+    return space, space.image_to_model(norm, cval=floor)
 
 
 def normalize_intensity(frame: np.ndarray, low_pct: float = 1.0, high_pct: float = 99.0) -> tuple[np.ndarray, float]:

@@ -1,23 +1,20 @@
-"""Reports as pure functions of results, and their atomic JSON/CSV writers."""
+"""Reports as pure functions of results, and the atomic JSON writer.
+
+``summary.csv`` rows come from :func:`summary_row`; the folder's summary file itself is kept by
+:mod:`cardioseg.batch.outputs` (with the other output names).
+"""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
-import os
 import platform
-import time
 from pathlib import Path
 from typing import Any
 
-from cardioseg import __version__
+from cardioseg._version import __version__
 from cardioseg.clinical import FrameVolumes
 from cardioseg.io import write_text_atomic
-
-SUMMARY_NAME = "summary.csv"
-REPORT_SUFFIX = "_report.json"
 
 SUMMARY_COLUMNS = [
     "study", "inputs", "ed_frame", "es_frame",
@@ -142,59 +139,3 @@ def load_report(path: Path) -> dict[str, Any] | None:
     if not isinstance(data.get("inputs"), list) or not isinstance(data.get("qc_flags"), list):
         return None
     return data
-
-
-def _report_listing(folder: Path) -> dict[str, tuple[int, int]]:
-    """``{name: (mtime_ns, size)}`` of the ``*_report.json`` files in ``folder`` (hidden temps excluded)."""
-    out: dict[str, tuple[int, int]] = {}
-    with os.scandir(folder) as it:
-        for e in it:
-            if e.name.endswith(REPORT_SUFFIX) and not e.name.startswith(".") and e.is_file():
-                st = e.stat()
-                out[e.name] = (st.st_mtime_ns, st.st_size)
-    return out
-
-
-def write_summary(folder: Path, max_rounds: int = 10, stale_temp_s: float = 3600.0) -> Path | None:
-    """Regenerate ``folder/summary.csv`` from every study report in ``folder``; atomically.
-
-    One row per readable ``*_report.json`` (sorted by study), whichever run or job-array part
-    wrote it, so parts writing into one folder never lose each other's rows. After writing, the
-    reports are listed again; if one appeared or changed meanwhile (another part finished a
-    study) the summary is rebuilt, so the last writer always leaves every report in it.
-    Returns the path, or None (nothing written) when the folder holds no report.
-    Hidden temp files of summaries older than ``stale_temp_s`` (left by a killed run) are removed.
-    """
-    path = Path(folder) / SUMMARY_NAME
-    now = time.time()
-    for name in os.listdir(folder):
-        if name.startswith(f".{SUMMARY_NAME}.") and ".tmp" in name:
-            stale = Path(folder) / name
-            try:
-                if now - stale.stat().st_mtime > stale_temp_s:
-                    stale.unlink()
-            except FileNotFoundError:
-                pass
-    listing = _report_listing(folder)
-    for _ in range(max_rounds):
-        if not listing:
-            return None
-        rows: dict[str, dict[str, str]] = {}
-        for name in sorted(listing):
-            report = load_report(Path(folder) / name)
-            if report is not None:
-                try:
-                    rows[report["study"]] = summary_row(report, Path(folder) / name)
-                except (KeyError, TypeError, ValueError):
-                    continue
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        for study in sorted(rows):
-            writer.writerow(rows[study])
-        write_text_atomic(buf.getvalue(), path)
-        again = _report_listing(folder)
-        if again == listing:
-            break
-        listing = again
-    return path

@@ -33,7 +33,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _isolated_environment(monkeypatch: pytest.MonkeyPatch):  # noqa: ANN202
+def _isolated_environment(monkeypatch: pytest.MonkeyPatch):
     """Each test runs outside any Slurm array (so batches are never split behind its back) and
     gets the process locale back afterwards (SimpleITK's DICOM writer switches it to "C",
     which would make later subprocess output undecodable)."""
@@ -98,7 +98,7 @@ def export_tiny_weights(path: Path, seed: int = 0, fov_px: int = TINY_FOV_PX) ->
     return path
 
 
-def _balance_classes(model, fov_px: int) -> None:  # noqa: ANN001
+def _balance_classes(model, fov_px: int) -> None:
     """Shift the head's biases so every class wins somewhere on a phantom image.
 
     A random network tends to predict one class almost everywhere, which would make
@@ -127,14 +127,14 @@ def tiny_weights_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_weights(tiny_weights_path: Path):  # noqa: ANN201 - LoadedWeights
+def tiny_weights(tiny_weights_path: Path):
     from cardioseg.weights import load_weights
 
     return load_weights(tiny_weights_path)
 
 
 @pytest.fixture(scope="session")
-def fp32_predictor(tiny_weights):  # noqa: ANN001, ANN201
+def fp32_predictor(tiny_weights):
     """A CPU fp32 Predictor without post-processing (deterministic, exact geometry checks)."""
     import torch
 
@@ -155,7 +155,7 @@ def nifti_writer(tmp_path: Path) -> Callable[..., Path]:
 
 
 @pytest.fixture(scope="session")
-def small_phantom():  # noqa: ANN201 - Phantom
+def small_phantom():
     """An 8-frame 48x48x4 phantom cine at 2.5 x 2.5 x 10 mm (fast to segment)."""
     from cardioseg.phantom import PhantomSpec, make_phantom
 

@@ -14,8 +14,8 @@ from conftest import REPO_ROOT
 from scipy import ndimage
 
 from cardioseg.geometry import ModelSpace
-from cardioseg.inference import choose_num_threads, physical_cores
 from cardioseg.postprocess import _dilate, keep_largest_components, largest_component
+from cardioseg.runtime import choose_num_threads, physical_cores
 
 
 def _load_bench():

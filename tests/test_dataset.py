@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 from collections import namedtuple
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cardioseg.dataset import build_cache, find_frames, load_cache, stratified_folds
+from cardioseg.dataset import build_cache, find_frames, load_cache, prepare_frame, stratified_folds
 from cardioseg.errors import ConfigError, InputFileNotFoundError
 from cardioseg.phantom import PhantomSpec, make_phantom
 from cardioseg.preprocess import PreprocessConfig, distance_maps, truncated_signed_distance
@@ -117,6 +118,24 @@ def test_find_frames_generic_layout(tmp_path: Path) -> None:
     ]  # fmt: skip
     save_nifti(root / "images" / "orphan.nii.gz", vol)
     with pytest.raises(InputFileNotFoundError, match="No labels for .*orphan"):
+        find_frames(root)
+
+
+def test_find_frames_acdc_layout_with_uncompressed_files(tmp_path: Path) -> None:
+    """ACDC folders with ``.nii`` frames and references (the layout read_patient_folder accepts) are found too."""
+    root = write_acdc_tree(tmp_path / "acdc", n=2)
+    for f in sorted((root / "patient002").glob("*.nii.gz")):
+        f.with_name(f.name[: -len(".gz")]).write_bytes(gzip.decompress(f.read_bytes()))
+        f.unlink()
+    frames = find_frames(root)
+    assert [(f.patient, f.phase, f.image.name, f.labels.name) for f in frames[2:]] == [
+        ("patient002", "ED", "patient002_frame01.nii", "patient002_frame01_gt.nii"),
+        ("patient002", "ES", "patient002_frame03.nii", "patient002_frame03_gt.nii"),
+    ]
+    assert frames[0].image.name == "patient001_frame01.nii.gz"
+    assert prepare_frame(frames[2], TINY)[0].shape == prepare_frame(frames[0], TINY)[0].shape
+    (root / "patient002" / "patient002_frame03_gt.nii").unlink()
+    with pytest.raises(InputFileNotFoundError, match="patient002_frame03_gt.nii.gz"):
         find_frames(root)
 
 

@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import dice
 
 from cardioseg.geometry import (
     ModelSpace,
@@ -22,8 +23,6 @@ from cardioseg.geometry import (
     to_canonical,
 )
 from cardioseg.phantom import PhantomSpec, heart_labels, make_phantom
-
-from conftest import dice
 
 PERMS = list(itertools.permutations(range(3)))
 SIGNS = list(itertools.product((1, -1), repeat=3))

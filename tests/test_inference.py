@@ -7,14 +7,8 @@ import pytest
 import torch
 
 from cardioseg.errors import CardiosegError, ConfigError
-from cardioseg.inference import (
-    Ensemble,
-    PredictOptions,
-    Predictor,
-    cpu_supports_bf16,
-    resolve_device,
-    resolve_precision,
-)
+from cardioseg.inference import Ensemble, PredictOptions, Predictor
+from cardioseg.runtime import cpu_supports_bf16, resolve_device, resolve_precision
 
 
 @pytest.fixture(scope="module")
@@ -282,7 +276,7 @@ def test_group_frames(counts, limit, expected):
 
 
 def test_resolve_batch_size():
-    from cardioseg.inference import CPU_BATCH_SIZE, GPU_BATCH_SIZE, resolve_batch_size
+    from cardioseg.runtime import CPU_BATCH_SIZE, GPU_BATCH_SIZE, resolve_batch_size
 
     assert resolve_batch_size(None, "cpu") == CPU_BATCH_SIZE
     assert resolve_batch_size(None, "cuda:1") == GPU_BATCH_SIZE

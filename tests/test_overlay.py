@@ -19,7 +19,6 @@ from cardioseg.overlay import (
     canonical_stack,
     display_slice,
     orientation_text,
-    overlay_path,
     write_overlay,
     write_study_overlay,
 )
@@ -59,10 +58,6 @@ def colour_pixels(rgba: np.ndarray, hex_colour: str, tol: float = 0.12) -> int:
     from matplotlib.colors import to_rgb
 
     return int(np.all(np.abs(rgba[..., :3] - np.array(to_rgb(hex_colour))) < tol, axis=-1).sum())
-
-
-def test_overlay_path_names_the_study(tmp_path: Path) -> None:
-    assert overlay_path(tmp_path, "patient001") == tmp_path / "patient001_overlay.png"
 
 
 @requires_mpl

@@ -152,3 +152,61 @@ def test_a_label_with_two_equal_halves_keeps_exactly_one(label_value):
     labels[50:58, 50:58, 1] = label_value
     out = keep_largest_components(labels, SPACING, (1, 2, 3))
     assert (out == label_value).sum() == 64
+
+
+# ---------------------------------------------------------------------------- anatomy
+
+
+def _phantom_frame():
+    from cardioseg.phantom import PhantomSpec, heart_labels
+
+    spec = PhantomSpec()
+    return spec, heart_labels(spec, spec.n_frames // 2)  # ES: the smallest RV
+
+
+def _with_stomach(labels, spec):
+    """A decoy labelled RV where the stomach lies: below the heart (+X, +Y), on the apical
+    slices, larger than the true RV and 15 mm from the myocardium at its closest."""
+    out = labels.copy()
+    heart = np.argwhere(np.isin(labels, (2, 3)))
+    x0 = heart[:, 0].max() + round(15 / spec.spacing_mm[0])
+    out[x0 : x0 + 50, 20:170, 4:10][out[x0 : x0 + 50, 20:170, 4:10] == 0] = 1
+    return out
+
+
+def test_anatomical_clean_up_keeps_the_rv_beside_the_septum_not_a_larger_decoy():
+    from cardioseg.postprocess import anatomical_clean_up
+
+    spec, labels = _phantom_frame()
+    noisy = _with_stomach(labels, spec)
+    assert (noisy == 1).sum() > 2 * (labels == 1).sum()  # the decoy is the largest RV piece
+    largest = keep_largest_components(noisy, spec.spacing_mm, (1, 2, 3))
+    assert ((largest == 1) & (labels == 1)).sum() == 0  # what a largest-component rule keeps
+    out = anatomical_clean_up(noisy, spec.spacing_mm, lv=3, myo=2, rv=1)
+    np.testing.assert_array_equal(out, labels)  # the true heart, exactly
+
+
+def test_anatomical_clean_up_fills_the_cavity_and_drops_stray_pieces():
+    from cardioseg.postprocess import anatomical_clean_up
+
+    spec, labels = _phantom_frame()
+    noisy = labels.copy()
+    cavity = np.argwhere(labels[..., 3] == 3).mean(axis=0).round().astype(int)
+    noisy[cavity[0] - 2 : cavity[0] + 3, cavity[1] - 2 : cavity[1] + 3, 3] = 2  # a papillary muscle
+    noisy[5:9, 5:9, 2] = 3  # LV cavity far from the heart
+    noisy[180:186, 180:186, 1] = 2  # myocardium far from the heart
+    out = anatomical_clean_up(noisy, spec.spacing_mm, lv=3, myo=2, rv=1)
+    np.testing.assert_array_equal(out, labels)
+    assert not np.shares_memory(out, noisy)
+
+
+def test_anatomical_clean_up_keeps_the_largest_rv_when_none_touches_the_myocardium():
+    from cardioseg.postprocess import anatomical_clean_up
+
+    m = np.zeros((60, 60, 3), np.uint8)
+    m[10:20, 10:20] = 2
+    m[12:18, 12:18] = 3
+    m[50:54, 5:9] = 1  # small, far
+    m[30:40, 45:58] = 1  # larger, far
+    out = anatomical_clean_up(m, (1.0, 1.0, 8.0), lv=3, myo=2, rv=1, tolerance_mm=2)
+    assert (out == 1).sum() == 10 * 13 * 3

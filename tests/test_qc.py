@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from cardioseg.clinical import FrameVolumes, clinical_measures, detect_ed_es, frame_volumes
-from cardioseg.io import Volume
+from cardioseg.io import Volume, VolumeMeta
 from cardioseg.labels import ACDC, MNMS, LabelMap
 from cardioseg.phantom import PhantomSpec, heart_labels
 from cardioseg.qc import Flag, QcLimits, study_flags
@@ -30,6 +30,11 @@ def cine_labels() -> np.ndarray:
     return labels
 
 
+def _meta(d: dict | None) -> VolumeMeta:
+    """A reader's metadata from a dict of its fields (lists as the tuples a reader stores)."""
+    return VolumeMeta(**{k: tuple(v) if isinstance(v, (list, np.ndarray)) else v for k, v in (d or {}).items()})
+
+
 def cine_flags(
     labels: np.ndarray,
     affine: np.ndarray = AFFINE,
@@ -40,7 +45,7 @@ def cine_flags(
     limits: QcLimits | None = None,
 ) -> list[Flag]:
     """Flags of a cine study, measured the way the pipeline does."""
-    vol = Volume(labels, affine, meta=meta or {})
+    vol = Volume(labels, affine, meta=_meta(meta))
     per_frame = [frame_volumes(labels[..., t], vol.voxel_volume_ml, label_map) for t in range(labels.shape[3])]
     ed, es = ed_es if ed_es is not None else detect_ed_es(per_frame)
     m = clinical_measures(per_frame[ed], per_frame[es])
@@ -51,14 +56,14 @@ def cine_flags(
 
 
 def pair_flags(ed: np.ndarray, es: np.ndarray, metas: tuple[dict, dict] = ({}, {})) -> list[Flag]:
-    vols = [Volume(ed, AFFINE, meta=metas[0]), Volume(es, AFFINE, meta=metas[1])]
+    vols = [Volume(ed, AFFINE, meta=_meta(metas[0])), Volume(es, AFFINE, meta=_meta(metas[1]))]
     per_frame = [frame_volumes(v.data, v.voxel_volume_ml, ACDC) for v in vols]
     m = clinical_measures(per_frame[0], per_frame[1])
     return study_flags([ed, es], vols, per_frame, 0, 1, m, ACDC, "pair")
 
 
 def frame_flags(labels: np.ndarray, affine: np.ndarray = AFFINE, meta: dict | None = None) -> list[Flag]:
-    vol = Volume(labels, affine, meta=meta or {})
+    vol = Volume(labels, affine, meta=_meta(meta))
     per_frame = [frame_volumes(labels, vol.voxel_volume_ml, ACDC)]
     measures = {"lv_ml": per_frame[0].lv_ml, "lv_ef_pct": 99.0, "lv_mass_g": 1000.0}  # ignored for a frame
     return study_flags([labels], [vol], per_frame, None, None, measures, ACDC, "frame")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_FOV_PX, TINY_SPACING_MM, export_tiny_weights
 
 from cardioseg.errors import WeightsError
 from cardioseg.labels import ACDC
@@ -22,8 +23,6 @@ from cardioseg.weights import (
     sha256_file,
     state_sha256,
 )
-
-from conftest import TINY_FOV_PX, TINY_SPACING_MM, export_tiny_weights
 
 
 class NotATensor:

@@ -19,6 +19,8 @@ bottleneck features, for the regularisers of ``cardioseg.models.regularizers``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -43,7 +45,7 @@ def _init(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
-def _encode_decode(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _encode_decode(net: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The U-Net pass shared by the 2D and 3D networks: (logits, bottleneck features)."""
     skips = []
     for enc in net.encoders:
@@ -75,7 +77,7 @@ class DistanceDecoder(nn.Module):
         for level, (reduce, refine) in enumerate(zip(self.reduce, self.refine)):
             x = reduce(x)
             if indices is not None:
-                x = F.max_unpool2d(x, indices[-1 - level], 2)
+                x = F.max_unpool2d(x, indices[-1 - level], (2, 2))
             else:
                 x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
             x = refine(x)
@@ -153,7 +155,7 @@ class SegNet2D(nn.Module):
 
     def _decode(self, x: torch.Tensor, feats: list[torch.Tensor], indices: list[torch.Tensor]) -> torch.Tensor:
         for level, (reduce, dec) in enumerate(zip(self.reduce, self.decoders)):
-            x = F.max_unpool2d(reduce(x), indices[-1 - level], 2)
+            x = F.max_unpool2d(reduce(x), indices[-1 - level], (2, 2))
             if self.skips:
                 x = torch.cat([x, feats[-1 - level]], dim=1)
             x = dec(x)

@@ -1,0 +1,246 @@
+"""The Python API: what the ``cardioseg`` commands do, callable from a script.
+
+>>> import cardioseg                                                    # doctest: +SKIP
+>>> results = cardioseg.predict(["data/patient001"], "out")             # doctest: +SKIP
+>>> results[0].report["lv_ef_pct"]                                      # doctest: +SKIP
+>>> labels = cardioseg.segment(cardioseg.read_volume("frame.nii.gz"))   # doctest: +SKIP
+>>> ev = cardioseg.evaluate("out", "data", "eval")                      # doctest: +SKIP
+
+:func:`predict` and :func:`evaluate` write exactly the files the commands write; the CLI is a
+thin shell over these functions (parse, one call, render, exit code). :func:`segment` works in
+memory. Errors a user can fix raise :class:`cardioseg.errors.CardiosegError` with one line;
+per-study failures of a batch are recorded in the results and never stop the others.
+
+Nothing heavy is imported until a function is called (torch only when a network is built).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from cardioseg.batch import Study, StudyResult
+    from cardioseg.evaluation import Evaluation
+    from cardioseg.inference import Ensemble, Predictor
+    from cardioseg.io import Volume
+    from cardioseg.weights import LoadedWeights
+
+PathLike = Union[str, "os.PathLike[str]"]
+WeightsSpec = Union[PathLike, "LoadedWeights", None]
+
+
+def load_weights(spec: WeightsSpec = None) -> LoadedWeights:
+    """A registered weights name (default: the shipped default) or a checkpoint path ->
+    verified weights (file checksum, parameter checksum, ``weights_only=True``)."""
+    from cardioseg.weights import LoadedWeights
+    from cardioseg.weights import load_weights as load
+
+    return spec if isinstance(spec, LoadedWeights) else load(spec)
+
+
+def read_volume(path: PathLike, max_voxels: int | None = None, series_uid: str | None = None) -> Volume:
+    """A NIfTI file (3D frame or 4D cine) or a DICOM series folder -> :class:`Volume` (array
+    as stored, affine, typed metadata). Raises a one-line ``CardiosegError`` for a missing,
+    unreadable or unsupported input."""
+    from cardioseg.io import read_volume as read
+
+    return read(Path(path), max_voxels, series_uid)
+
+
+def load_predictor(
+    weights: WeightsSpec | Sequence[WeightsSpec] = None, threads: int = 0, **options: Any
+) -> Predictor | Ensemble:
+    """The segmentation engine for ``weights`` (several: an ensemble).
+
+    ``options`` are the fields of :class:`cardioseg.inference.PredictOptions` (``device``,
+    ``precision``, ``batch_size``, ``postprocess``, ``ensemble``, ``compile``,
+    ``batch_studies``). ``threads``: CPU threads for the network (0: ``$OMP_NUM_THREADS``,
+    ``$SLURM_CPUS_PER_TASK`` or the physical cores); torch fixes its thread pool at the first
+    forward pass, so this applies to the first predictor of a process.
+    """
+    from cardioseg.inference import Ensemble, PredictOptions, Predictor
+    from cardioseg.runtime import set_num_threads
+
+    popts = PredictOptions(**_pick(options, PredictOptions, "load_predictor"))
+    set_num_threads(threads or None)
+    specs: list[WeightsSpec] = list(weights) if isinstance(weights, (list, tuple)) else [weights]  # type: ignore[list-item]
+    members = [load_weights(w) for w in specs or [None]]
+    return Predictor(members[0], popts) if len(members) == 1 else Ensemble(members, popts)
+
+
+def segment(
+    volume: Volume | np.ndarray,
+    affine: np.ndarray | None = None,
+    *,
+    predictor: Predictor | Ensemble | None = None,
+    weights: WeightsSpec | Sequence[WeightsSpec] = None,
+    **options: Any,
+) -> np.ndarray:
+    """Labels (uint8: 0 background, then the weights' label map; ACDC: 1 RV, 2 MYO, 3 LV) of a
+    3D frame or 4D cine, with exactly the input's shape and voxel order, in memory.
+
+    ``volume``: a :class:`Volume`, or an array with its 4x4 voxel-to-world ``affine`` (mm).
+    ``predictor``: one made by :func:`load_predictor` (reuse it for many volumes); else one is
+    loaded from ``weights`` and ``options`` (as :func:`load_predictor`).
+    """
+    from cardioseg.errors import ConfigError
+    from cardioseg.io import Volume
+
+    if isinstance(volume, Volume):
+        data, affine = volume.data, volume.affine if affine is None else affine
+    elif affine is None:
+        raise ConfigError("segment(array) needs the array's affine (4x4, voxel index -> mm)")
+    else:
+        data = volume
+    if predictor is None:
+        predictor = load_predictor(weights, **options)
+    elif options or weights is not None:
+        raise ConfigError("give segment() either a predictor or weights/options, not both")
+    return predictor.predict(data, affine)
+
+
+def predict(
+    inputs: PathLike | Sequence[PathLike] = (),
+    out_dir: PathLike = "cardioseg_out",
+    *,
+    ed: PathLike | None = None,
+    es: PathLike | None = None,
+    study: str | None = None,
+    weights: WeightsSpec | Sequence[WeightsSpec] = None,
+    predictor: Predictor | Ensemble | None = None,
+    threads: int = 0,
+    skip_existing: bool | None = None,
+    num_parts: int | None = None,
+    part_id: int | None = None,
+    on_frame: Callable[[Study, int], Any] | None = None,
+    on_result: Callable[[StudyResult], Any] | None = None,
+    on_start: Callable[[int, int], Any] | None = None,
+    on_note: Callable[[str], Any] | None = None,
+    **options: Any,
+) -> list[StudyResult]:
+    """Segment and measure studies; write ``OUT/<study>_seg.nii.gz``, ``<study>_report.json``
+    (QC flags included) and ``OUT/summary.csv`` as ``cardioseg predict`` does.
+
+    ``inputs``: NIfTI frames or cines, DICOM series folders, ACDC-style patient folders,
+    folders of those, or glob patterns; ``ed``/``es``: one study from two 3D frames.
+    ``weights``/``predictor``/``threads``: as :func:`load_predictor`; ``options``: the fields of
+    :class:`cardioseg.inference.PredictOptions` and of :class:`cardioseg.batch.StudyOptions`
+    (``myo_density_g_ml``, ``ed_frame``, ``es_frame``, ``height_cm``, ``weight_kg``,
+    ``max_voxels``, ``strict``, ``overlay``, ``series_uid``). ``skip_existing``: skip studies a
+    previous run finished (default: for batches); ``num_parts``/``part_id``: run one part of the
+    batch (default: from a Slurm job array).
+
+    Returns one result per study of this part, in order: finished ones (``skipped``) first,
+    then those run now, each with its ``report``, ``outputs`` or ``error``. Callbacks:
+    ``on_start(n_to_run, n_skipped)``, ``on_frame(study, t)``, ``on_result(result)``,
+    ``on_note(text)`` for what a user should know (parts, skipped studies).
+    """
+    from cardioseg import batch
+    from cardioseg.inference import PredictOptions
+    from cardioseg.io import max_voxels_default
+
+    study_opts = _pick(options, batch.StudyOptions, "predict", also=PredictOptions)
+    if study_opts.get("max_voxels") is None:
+        study_opts["max_voxels"] = max_voxels_default()
+    if study_opts.get("myo_density_g_ml", 1.0) <= 0:
+        raise _config_error(f"--myo-density must be positive, got {study_opts['myo_density_g_ml']}")
+    study_options = batch.StudyOptions(**study_opts)
+    out = Path(out_dir)
+    paths = [Path(inputs)] if isinstance(inputs, (str, os.PathLike)) else [Path(p) for p in inputs]
+    n_parts, part, from_slurm = batch.resolve_parts(num_parts, part_id, os.environ)
+    studies = batch.plan_studies(paths, _path(ed), _path(es), study)
+    mine = batch.shard(studies, n_parts, part)
+    skip = skip_existing if skip_existing is not None else (len(studies) > 1 or n_parts > 1)
+    if study_options.overlay:
+        from cardioseg.overlay import require_matplotlib
+
+        require_matplotlib()
+    created = batch.prepare_out_dir(out, mine)
+    try:
+        batch.clean_stale_temps(out, mine)
+        done, todo = batch.split_finished(mine, out, study_options) if skip else ([], mine)
+        if on_note is not None and n_parts > 1:
+            how = ", from the Slurm job array" if from_slurm else ""
+            on_note(f"part {part} of {n_parts} (0-based{how}): {len(mine)} of {len(studies)} studies")
+        if on_note is not None and done:
+            on_note(f"{len(done)} of {len(mine)} studies done before, skipped (--overwrite recomputes them)")
+        if not todo:
+            batch.refresh_summary(out)
+            return done
+        if predictor is None:
+            predictor = load_predictor(weights, threads, **_pick(options, PredictOptions, "predict", also=batch.StudyOptions))
+        if on_start is not None:
+            on_start(len(todo), len(done))
+        return done + batch.run_predict(todo, predictor, out, study_options, on_frame, on_result)
+    finally:
+        _remove_if_empty(out, created)
+
+
+def evaluate(
+    pred: PathLike,
+    ref: PathLike,
+    out_dir: PathLike | None = None,
+    *,
+    labels: str = "acdc",
+    ref_labels: str | None = None,
+    pred_suffixes: Sequence[str] | None = None,
+    ref_suffixes: Sequence[str] | None = None,
+    pairs: PathLike | None = None,
+    compare: PathLike | None = None,
+    plots: bool = False,
+    myo_density_g_ml: float = 1.05,
+    regional: bool = True,
+    progress: Callable[[int, int], Any] | None = None,
+    on_note: Callable[[str], Any] | None = None,
+) -> Evaluation:
+    """Score predicted masks against references as ``cardioseg evaluate`` does: Dice, Jaccard,
+    HD, HD95, ASSD, MSD per structure and phase, apical/mid/basal Dice, per-group summaries,
+    clinical agreement (EF, volumes, mass) and, with ``compare``, paired Wilcoxon tests.
+
+    ``labels``/``ref_labels``: label presets (``acdc``, ``mnms``, ``ukbb``). Writes
+    ``metrics.csv``, ``summary.json``, ``clinical.csv``, ``compare.csv`` (and ``plots/``) into
+    ``out_dir`` when given. Failed cases are in ``Evaluation.errors``, not raised.
+    """
+    from cardioseg.evaluation import PRED_SUFFIXES, REF_SUFFIXES, run_evaluation
+    from cardioseg.labels import get_label_map
+
+    return run_evaluation(
+        Path(pred), Path(ref), Path(out_dir) if out_dir is not None else None,
+        pred_labels=get_label_map(labels), ref_labels=get_label_map(ref_labels or labels),
+        pred_suffixes=tuple(pred_suffixes or PRED_SUFFIXES), ref_suffixes=tuple(ref_suffixes or REF_SUFFIXES),
+        pairs=_path(pairs), compare=_path(compare), plots=plots, myo_density_g_ml=myo_density_g_ml,
+        regional=regional, progress=progress, on_note=on_note,
+    )  # fmt: skip
+
+
+def _path(p: PathLike | None) -> Path | None:
+    return None if p is None else Path(p)
+
+
+def _config_error(message: str) -> Exception:
+    from cardioseg.errors import ConfigError
+
+    return ConfigError(message)
+
+
+def _pick(options: dict[str, Any], cls: type, caller: str, also: type | None = None) -> dict[str, Any]:
+    """The entries of ``options`` that are fields of the dataclass ``cls``; an option that is a
+    field of neither ``cls`` nor ``also`` is a usage error naming the valid ones."""
+    mine = {f.name for f in fields(cls)}
+    known = mine | ({f.name for f in fields(also)} if also is not None else set())
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise _config_error(f"{caller}() got unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+    return {k: v for k, v in options.items() if k in mine}
+
+
+def _remove_if_empty(folder: Path, created: bool) -> None:
+    """Remove an output folder this run created if nothing was written into it."""
+    if created and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()

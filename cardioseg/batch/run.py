@@ -1,0 +1,377 @@
+"""Running studies: one readable flow per study, and the batch scheduler around it.
+
+Per study (``run_study``): read -> to model space -> infer -> back to native space -> clean up
+(inside the ``Segmenter``) -> measure (``measure_study``) -> report (``study_report``) ->
+write, all or nothing, the report last (``write_study``).
+
+A batch (``run_predict``) reads the next study in a background thread while the network works
+on the current one; with ``pools_studies`` (a GPU, by default) several studies' slices share
+forward passes. A failing study is recorded as its result and the batch goes on.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cardioseg.batch.outputs import output_paths, overlay_path, refresh_summary
+from cardioseg.batch.segmenter import Segmenter
+from cardioseg.batch.studies import Study, StudyKind, StudyOptions, StudyResult
+from cardioseg.clinical import FrameVolumes, clinical_measures, detect_ed_es, frame_volumes
+from cardioseg.errors import CardiosegError, ConfigError, QcError, UnsupportedInputError
+from cardioseg.io import Volume, read_volume, write_mask
+from cardioseg.qc import Flag, study_flags
+from cardioseg.report import build_report, write_report
+
+if TYPE_CHECKING:
+    from cardioseg.labels import LabelMap
+
+ProgressFn = Callable[[Study, int], Any]
+"""``progress(study, frame)``: called after each frame of a study is segmented."""
+
+
+# ---------------------------------------------------------------------------- one study
+
+
+def read_study(study: Study, options: StudyOptions) -> list[Volume]:
+    """Read and check the images of ``study`` (the I/O-bound part that runs ahead in a thread)."""
+    if study.problem is not None:
+        raise UnsupportedInputError(study.problem)
+    volumes = [read_volume(p, options.max_voxels, options.series_uid) for p in study.paths]
+    if study.kind is StudyKind.PAIR:
+        for role, v in zip(("--ed", "--es"), volumes):
+            if v.is_cine:
+                raise ConfigError(f'{role} "{v.path}" is a 4D cine; give one 3D frame (or pass the cine alone)')
+        if volumes[0].data.shape != volumes[1].data.shape:
+            raise ConfigError(f"ED and ES frames differ in shape {volumes[0].data.shape} vs {volumes[1].data.shape}")
+    return volumes
+
+
+@dataclass(frozen=True)
+class Measurements:
+    """What ``measure_study`` finds: volumes per frame, ED/ES, the clinical measures, QC flags."""
+
+    per_frame: list[FrameVolumes]
+    ed_index: int | None
+    es_index: int | None
+    measures: dict[str, float | None]
+    flags: list[Flag]
+    height_cm: float | None
+    weight_kg: float | None
+
+
+def measure_study(
+    study: Study, volumes: list[Volume], masks: list[np.ndarray], label_map: LabelMap, options: StudyOptions
+) -> Measurements:
+    """Volumes of every frame, ED/ES, the clinical measures and the QC flags of a segmented study
+    (``study.kind`` already FRAME, CINE or PAIR). Raises QcError for a flag under ``--strict``."""
+    height = options.height_cm if options.height_cm is not None else study.height_cm
+    weight = options.weight_kg if options.weight_kg is not None else study.weight_kg
+    if study.kind is StudyKind.CINE:
+        vol = volumes[0]
+        per_frame = [frame_volumes(masks[0][..., t], vol.voxel_volume_ml, label_map) for t in range(vol.n_frames)]
+    else:
+        per_frame = [frame_volumes(m, v.voxel_volume_ml, label_map) for m, v in zip(masks, volumes)]
+    ed_i, es_i, overridden = _choose_ed_es(study, per_frame, options)
+    if ed_i is None or es_i is None:
+        measures: dict[str, float | None] = {
+            "lv_ml": per_frame[0].lv_ml, "rv_ml": per_frame[0].rv_ml, "myo_ml": per_frame[0].myo_ml,
+            "myo_mass_g": per_frame[0].myo_ml * options.myo_density_g_ml,
+        }  # fmt: skip
+    else:
+        measures = clinical_measures(per_frame[ed_i], per_frame[es_i], options.myo_density_g_ml, height, weight)
+    flags = study_flags(
+        masks, volumes, per_frame, ed_i, es_i, measures, label_map, study.kind, ed_es_overridden=overridden
+    )
+    if options.strict and flags:
+        raise QcError("quality control (--strict): " + " ".join(f.message for f in flags))
+    return Measurements(per_frame, ed_i, es_i, measures, flags, height, weight)
+
+
+def _choose_ed_es(
+    study: Study, per_frame: list[FrameVolumes], options: StudyOptions
+) -> tuple[int | None, int | None, bool]:
+    """(ED index, ES index, whether both were given rather than detected from the LV curve)."""
+    if study.kind is StudyKind.FRAME:
+        return None, None, False
+    if study.kind is StudyKind.PAIR:
+        return 0, 1, True
+    n = len(per_frame)
+    detected_ed, detected_es = detect_ed_es(per_frame)
+    ed = options.ed_frame if options.ed_frame is not None else study.ed_frame
+    es = options.es_frame if options.es_frame is not None else study.es_frame
+    for name, value in (("ED", ed), ("ES", es)):
+        if value is not None and not 0 <= value < n:
+            raise ConfigError(f"{name} frame {value} is outside the cine's frames 0..{n - 1}")
+    overridden = ed is not None and es is not None
+    return (detected_ed if ed is None else ed), (detected_es if es is None else es), overridden
+
+
+def study_report(
+    study: Study,
+    volumes: list[Volume],
+    mask_paths: list[Path],
+    m: Measurements,
+    predictor: Segmenter,
+    options: StudyOptions,
+    runtime_s: float,
+) -> dict[str, Any]:
+    """The JSON report of one measured study (see ``cardioseg.report.build_report``)."""
+    return build_report(
+        study=study.name,
+        inputs=[str(p) for p in study.paths],
+        masks=[p.name for p in mask_paths],
+        kind=study.kind.value,
+        frame_volumes=m.per_frame,
+        ed_frame=m.ed_index,
+        es_frame=m.es_index,
+        measures=m.measures,
+        qc_flags=[f.code for f in m.flags],
+        qc=[f.as_dict() for f in m.flags],
+        label_map=predictor.label_map.as_dict(),
+        myo_density_g_ml=options.myo_density_g_ml,
+        weights=predictor.weights_report,
+        device=predictor.device,
+        precision=predictor.precision,
+        runtime_s=runtime_s,
+        image={
+            "shape": [list(v.data.shape) for v in volumes],
+            "spacing_mm": [list(v.spacing_mm) for v in volumes],
+        },
+        subject={"height_cm": m.height_cm, "weight_kg": m.weight_kg, "group": study.group},
+        warnings=[w for v in volumes for w in v.meta.warnings],
+    )
+
+
+def write_study(
+    study: Study,
+    volumes: list[Volume],
+    masks: list[np.ndarray],
+    m: Measurements,
+    report: dict[str, Any],
+    out_dir: Path,
+    options: StudyOptions,
+    label_map: LabelMap,
+) -> list[Path]:
+    """Write the masks, the overlay (``options.overlay``) and the report, each atomically and
+    the report last; all or nothing: on any exception the files already written are removed.
+    Returns the paths written, in order."""
+    *mask_paths, report_file = output_paths(study, out_dir)[: len(volumes) + 1]
+    written: list[Path] = []
+    try:  # the report goes last: a study is finished (for --skip-existing) once it exists
+        report_file.unlink(missing_ok=True)  # an old report must not vouch for new masks if killed
+        for mask, vol, path in zip(masks, volumes, mask_paths):
+            write_mask(mask, vol, path)
+            written.append(path)
+        if options.overlay:
+            from cardioseg.overlay import write_study_overlay
+
+            png = overlay_path(out_dir, study.name)
+            write_study_overlay(study.kind, volumes, masks, label_map, png,
+                                per_frame=m.per_frame if study.kind is StudyKind.CINE else None,
+                                ed_index=m.ed_index, es_index=m.es_index, title=study.name)  # fmt: skip
+            written.append(png)
+        write_report(report, report_file)
+        written.append(report_file)
+    except BaseException:
+        for path in written:  # all or nothing for a study
+            path.unlink(missing_ok=True)
+        raise
+    return written
+
+
+def run_study(
+    study: Study,
+    predictor: Segmenter,
+    out_dir: Path,
+    options: StudyOptions,
+    on_frame: Callable[[int], Any] | None = None,
+    volumes: list[Volume] | None = None,
+    masks: list[np.ndarray] | None = None,
+) -> StudyResult:
+    """Segment and measure one study and write its masks, overlay and report (all or nothing,
+    the report last). ``volumes``: the study already read by ``read_study`` (else read here);
+    ``masks``: their labels, already predicted (with other studies' slices, on a GPU)."""
+    t0 = time.perf_counter()
+    if volumes is None:
+        volumes = read_study(study, options)
+    if study.kind is StudyKind.SINGLE:
+        study = replace(study, kind=StudyKind.CINE if volumes[0].is_cine else StudyKind.FRAME)
+    # to model space -> infer -> back to native -> clean up  (inside the Segmenter)
+    if masks is None:
+        masks = [predictor.predict(v.data, v.affine, on_frame=on_frame) for v in volumes]
+    m = measure_study(study, volumes, masks, predictor.label_map, options)
+    mask_paths = output_paths(study, out_dir)[: len(volumes)]
+    report = study_report(study, volumes, mask_paths, m, predictor, options, round(time.perf_counter() - t0, 3))
+    written = write_study(study, volumes, masks, m, report, out_dir, options, predictor.label_map)
+    return StudyResult(study, written, report)
+
+
+def unexpected_error(exc: BaseException) -> str:
+    """One line for an exception nobody foresaw: ``unexpected error: ValueError: <message>``."""
+    detail = " ".join(str(exc).split())
+    return f"unexpected error: {type(exc).__name__}" + (f": {detail}" if detail else "")
+
+
+def _run_one(
+    study: Study,
+    predictor: Segmenter,
+    out_dir: Path,
+    options: StudyOptions,
+    on_frame: Callable[[int], Any] | None,
+    volumes: Future[list[Volume]],
+    masks: list[np.ndarray] | None = None,
+) -> StudyResult:
+    """``run_study`` on the images read ahead, with the errors that belong to one study
+    (reading included) turned into its result: a study never stops the batch (Ctrl-C does)."""
+    try:
+        return run_study(study, predictor, out_dir, options, on_frame, volumes.result(), masks)
+    except CardiosegError as exc:
+        return StudyResult(study, error=str(exc))
+    except MemoryError:
+        return StudyResult(study, error="not enough memory for this study (try --max-voxels or a larger machine)")
+    except OSError as exc:  # disk full, permission denied, ... while reading or writing
+        where = f' "{exc.filename}"' if exc.filename else ""
+        return StudyResult(study, error=f"input/output error{where}: {exc.strerror or exc}")
+    except Exception as exc:  # noqa: BLE001 - a reader or model failing in a way nobody foresaw: this study only
+        return StudyResult(study, error=unexpected_error(exc))
+
+
+# ---------------------------------------------------------------------------- the batch
+
+
+class _ReadAhead:
+    """Studies read in background threads, in order, at most ``depth`` of them in flight."""
+
+    def __init__(self, studies: list[Study], options: StudyOptions, readers: int) -> None:
+        self.studies, self.options = studies, options
+        self.pool = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="cardioseg-read")
+        self.ahead: deque[Future[list[Volume]]] = deque()
+        self.queued = 0
+
+    def next(self, depth: int) -> Future[list[Volume]]:
+        """The read of the next study, after queueing reads up to ``depth`` studies ahead."""
+        while self.queued < len(self.studies) and len(self.ahead) < depth:
+            self.ahead.append(self.pool.submit(read_study, self.studies[self.queued], self.options))
+            self.queued += 1
+        return self.ahead.popleft()
+
+    def close(self) -> None:
+        """Wait for the running reads; drop the queued ones."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _frame_reporter(progress: ProgressFn | None, study: Study) -> Callable[[int], Any] | None:
+    if progress is None:
+        return None
+    return lambda t: progress(study, t)
+
+
+def run_predict(
+    studies: list[Study],
+    predictor: Segmenter,
+    out_dir: Path,
+    options: StudyOptions,
+    progress: ProgressFn | None = None,
+    on_result: Callable[[StudyResult], Any] | None = None,
+) -> list[StudyResult]:
+    """Run every study; a failing study is recorded and the others go on. Rewrites summary.csv.
+
+    While the network works on study k, study k+1 is read in a background thread (one slot:
+    at most two studies' images in memory); a read error belongs to its own study.
+    ``progress(study, frame)`` reports frames, ``on_result(result)`` each finished study.
+
+    When ``pools_studies(predictor)`` (a GPU, by default), consecutive studies are gathered
+    until they fill a forward pass (``predictor.batch_size`` slices) and segmented together,
+    then measured and written one by one; reading runs ahead by as many studies.
+    """
+    results: list[StudyResult] = []
+    pooled = pools_studies(predictor)
+    readers = min(4, os.cpu_count() or 1) if pooled else 1
+
+    def finish(result: StudyResult) -> None:
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+
+    reads = _ReadAhead(studies, options, readers)
+    try:
+        k = 0
+        while k < len(studies):
+            if not pooled:
+                study = studies[k]
+                current = reads.next(2)  # this study and the next
+                finish(_run_one(study, predictor, out_dir, options, _frame_reporter(progress, study), current))
+                del current  # free this study's images before the next one is read
+                k += 1
+                continue
+            group: list[tuple[Study, Future[list[Volume]]]] = []
+            slices = 0
+            while k < len(studies) and slices < predictor.batch_size:
+                group.append((studies[k], reads.next(1 + 2 * readers)))
+                k += 1
+                if group[-1][1].exception() is None:  # (a study that failed to read takes no room)
+                    slices += sum(int(np.prod(v.data.shape[2:])) for v in group[-1][1].result())
+            for result in _run_group(group, predictor, out_dir, options, progress):
+                finish(result)
+            del group
+    finally:
+        reads.close()
+    refresh_summary(out_dir)
+    return results
+
+
+def pools_studies(predictor: Segmenter) -> bool:
+    """Whether ``run_predict`` pools several studies per forward pass for this predictor."""
+    choice = getattr(getattr(predictor, "options", None), "batch_studies", None)
+    if choice is None:
+        return str(getattr(predictor, "device", "cpu")).startswith("cuda")
+    return bool(choice)
+
+
+def _run_group(
+    group: list[tuple[Study, Future[list[Volume]]]],
+    predictor: Segmenter,
+    out_dir: Path,
+    options: StudyOptions,
+    progress: ProgressFn | None,
+) -> list[StudyResult]:
+    """Segment the frames of several studies together, then measure and write each (in order;
+    a study that failed to read gets its error).
+
+    If the pooled prediction fails, every study is segmented alone, so that an error is
+    reported by the study that causes it.
+    """
+    from cardioseg.inference import frames_of
+
+    read = [(study, future.result()) for study, future in group if future.exception() is None]
+    frames = [f for _, volumes in read for v in volumes for f in frames_of(v.data, v.affine)]
+    labels: list[np.ndarray] | None
+    try:
+        labels = predictor.predict_many(frames) if frames else []
+    except Exception:  # noqa: BLE001 - out of memory, or one study's frames: each study alone finds out which
+        labels = None
+    results = []
+    start = 0
+    for study, future in group:
+        masks = None
+        if labels is not None and future.exception() is None:
+            masks = []
+            for v in future.result():
+                n = v.n_frames if v.is_cine else 1
+                part = labels[start : start + n]
+                start += n
+                masks.append(np.stack(part, axis=-1) if v.is_cine else part[0])
+                if progress is not None:
+                    for t in range(n):
+                        progress(study, t)
+        results.append(_run_one(study, predictor, out_dir, options, None, future, masks))
+    return results

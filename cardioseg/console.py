@@ -1,0 +1,218 @@
+"""What the command line shows: one-line notes and errors, progress bars, result tables.
+
+Rendering only: every number shown comes from the engine's results (:mod:`cardioseg.api`).
+rich is imported when something is drawn, so ``cardioseg --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from cardioseg.batch import StudyResult
+    from cardioseg.evaluation import Evaluation
+
+Tick = Callable[..., None]
+"""``tick()`` advances a bar by one; ``tick(done, total)`` sets its position and length."""
+
+
+def note(message: str) -> None:
+    typer.echo(f"cardioseg: note: {message}", err=True)
+
+
+def warning(message: str) -> None:
+    typer.echo(f"cardioseg: warning: {message}", err=True)
+
+
+def error(message: str) -> None:
+    typer.echo(f"cardioseg: error: {message}", err=True)
+
+
+@contextlib.contextmanager
+def progress_bar(quiet: bool, description: str, total: int | None = None) -> Iterator[Tick]:
+    """A transient bar on stderr (only on a terminal, never with ``quiet``)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=Console(stderr=True), disable=quiet or not sys.stderr.isatty(), transient=True,
+    ) as p:  # fmt: skip
+        task = p.add_task(description, total=total)
+
+        def tick(done: int | None = None, total: int | None = None) -> None:
+            if done is None:
+                p.advance(task)
+            else:
+                p.update(task, completed=done, total=total)
+
+        yield tick
+
+
+@contextlib.contextmanager
+def study_progress(quiet: bool) -> Iterator[tuple[Callable[[Any, int], None], Callable[[Any], None], Callable[[int, int], None]]]:
+    """The bar of ``cardioseg predict``: yields (on_frame(study, t), on_result(result),
+    on_start(n_todo, n_skipped))."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    show = not quiet and sys.stderr.isatty()
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[note]}"),
+        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+        console=Console(stderr=True), disable=not show, transient=True,
+    ) as bar:  # fmt: skip
+        task = bar.add_task("segmenting", total=None, note="")
+
+        def on_frame(study: Any, t: int) -> None:
+            bar.update(task, description=f"{study.name} frame {t}")
+
+        def on_start(todo: int, skipped: int) -> None:
+            bar.update(task, total=todo, note=f"({skipped} skipped)" if skipped else "")
+
+        yield on_frame, lambda result: bar.advance(task), on_start
+
+
+TABLE_ROWS = 40
+"""Longer batches get the first rows of the table and a pointer to summary.csv."""
+
+
+def print_predict_results(results: list[StudyResult], out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    if not results:
+        return
+    more = len(results) - TABLE_ROWS if len(results) > TABLE_ROWS else 0
+    results = results[:TABLE_ROWS] if more else results
+    table = Table(title=f"cardioseg predict -> {out}", show_lines=False,
+                  caption=f"... and {more} more studies: see {out / 'summary.csv'}" if more else None)  # fmt: skip
+    cols = [("study", "study"), ("ED/ES", None), ("LV EDV mL", "lv_edv_ml"), ("LV ESV mL", "lv_esv_ml"),
+            ("LV EF %", "lv_ef_pct"), ("RV EDV mL", "rv_edv_ml"), ("RV EF %", "rv_ef_pct"),
+            ("LV mass g", "lv_mass_g"), ("QC", None)]  # fmt: skip
+    for title, _ in cols:
+        table.add_column(title, justify="left" if title in {"study", "QC"} else "right", no_wrap=title == "study")
+
+    def fmt(v: object) -> str:
+        return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else (f"{v:.1f}" if isinstance(v, float) else str(v))
+
+    for r in results:
+        rep = r.report or {}
+        row = []
+        for title, key in cols:
+            if title == "ED/ES":
+                row.append("-" if rep["ed_frame"] is None else f"{rep['ed_frame']}/{rep['es_frame']}")
+            elif title == "QC":
+                codes = list(dict.fromkeys(rep["qc_flags"]))
+                row.append("ok" if not codes else codes[0] if len(codes) == 1 else f"{codes[0]} +{len(codes) - 1}")
+            else:
+                row.append(fmt(rep.get(key or "")))
+        table.add_row(*row)
+    Console().print(table)
+
+
+def print_evaluation(ev: Evaluation, out: Path) -> None:
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    def mean(d: dict, digits: int = 2) -> str:
+        if not d or d["n"] == 0:
+            return "-" if not d or not d["n_inf"] else "inf"
+        return f"{d['mean']:.{digits}f}" + ("*" if d.get("n_inf") else "")
+
+    console = Console()
+    summary = ev.summary
+    table = Table(
+        title=f"cardioseg evaluate -> {out}  ({summary['n_frames']} frames)", box=box.SIMPLE,
+        caption="means over frames; distances in mm; * some frames miss a structure on one side (inf, left out); "
+        "SD, median and more in summary.json",
+    )  # fmt: skip
+    for col in ("phase", "structure", "n", "Dice", "Jaccard", "HD95", "ASSD", "MSD", "HD"):
+        table.add_column(col, justify="left" if col in {"phase", "structure"} else "right")
+    for phase, labels in summary["by_phase"].items():
+        for label, m in labels.items():
+            table.add_row(
+                phase, label, str(m["dice"]["n"] + m["dice"]["n_nan"]), mean(m["dice"], 3), mean(m["jaccard"], 3),
+                mean(m["hd95_mm"]), mean(m["assd_mm"]), mean(m["msd_mm"]), mean(m["hd_mm"]),
+            )  # fmt: skip
+    console.print(table)
+    everything = summary["all"]
+    if everything and any(everything[label]["dice_mid"]["n"] for label in everything):
+        t = Table(title="Dice by region (all frames)", box=box.SIMPLE)
+        for col in ("structure", "apical", "mid", "basal"):
+            t.add_column(col, justify="left" if col == "structure" else "right")
+        for label, m in everything.items():
+            t.add_row(label, *(mean(m[f"dice_{r}"], 3) for r in ("apical", "mid", "basal")))
+        console.print(t)
+    if summary["by_group"]:
+        t = Table(title="Dice by group (all frames)", box=box.SIMPLE)
+        labels = list(next(iter(summary["by_group"].values())))
+        for col in ("group", "frames", *labels):
+            t.add_column(col, justify="left" if col == "group" else "right")
+        for group, by_label in summary["by_group"].items():
+            n = max(m["dice"]["n"] + m["dice"]["n_nan"] for m in by_label.values())
+            t.add_row(group, str(n), *(mean(by_label[k]["dice"], 3) if k in by_label else "-" for k in labels))
+        console.print(t)
+    if summary["clinical"]:
+        t = Table(title=f"clinical agreement, prediction - reference ({len(ev.clinical)} studies)", box=box.SIMPLE)
+        for col in ("measure", "n", "r", "bias", "95 % limits", "MAE"):
+            t.add_column(col, justify="left" if col == "measure" else "right")
+        for key, a in summary["clinical"].items():
+            t.add_row(key, str(a["n"]), f"{a['pearson_r']:.3f}", f"{a['bias']:+.2f}",
+                      f"{a['loa_low']:+.1f} … {a['loa_high']:+.1f}", f"{a['mae']:.2f}")  # fmt: skip
+        console.print(t)
+    if ev.compare:
+        t = Table(title="A vs B, paired Wilcoxon signed-rank (all metrics in compare.csv)", box=box.SIMPLE)
+        for col in ("phase", "structure", "metric", "n", "mean A", "mean B", "p"):
+            t.add_column(col, justify="left" if col in {"phase", "structure", "metric"} else "right")
+        for r in ev.compare:
+            if r["metric"] in ("dice", "hd95_mm"):
+                t.add_row(r["phase"], r["label"], r["metric"], str(r["n_pairs"]), f"{r['mean_a']:.3f}",
+                          f"{r['mean_b']:.3f}", f"{r['p_value']:.2g}")  # fmt: skip
+        console.print(t)
+
+
+class TrainProgress:
+    """``cardioseg train``'s callbacks (``cardioseg.train.TrainCallbacks``): log lines on stderr
+    and, when ``enabled``, a transient progress bar per epoch (shown while ``bar`` is entered)."""
+
+    def __init__(self, enabled: bool) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            console=Console(stderr=True), disable=not enabled, transient=True,
+        )  # fmt: skip
+        self.task: TaskID | None = None
+
+    def on_log(self, message: str) -> None:
+        typer.echo(message, err=True)
+
+    def on_epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
+        self.on_epoch_end({})
+        self.task = self.bar.add_task(f"epoch {epoch}/{epochs}", total=steps)
+
+    def on_step(self) -> None:
+        if self.task is not None:
+            self.bar.advance(self.task)
+
+    def on_epoch_end(self, row: dict[str, str]) -> None:
+        if self.task is not None:
+            self.bar.remove_task(self.task)
+            self.task = None

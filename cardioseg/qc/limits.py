@@ -1,0 +1,74 @@
+"""Flags and the thresholds of the checks."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+STRUCTURE_NAMES = {"lv": "LV cavity", "myo": "LV myocardium", "rv": "RV cavity"}
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One quality-control finding: a stable ``code`` and a human sentence with the numbers."""
+
+    code: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        """``{"code": ..., "message": ...}`` (JSON-ready)."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class QcLimits:
+    """Thresholds of the checks. The defaults target adult short-axis cine MRI (ACDC, M&Ms).
+
+    Attributes:
+        ef_min_pct, ef_max_pct: plausible LV and RV ejection fraction, 5-85 %. Severe dilated
+            cardiomyopathy reaches ~10 %, hyperdynamic hearts ~80 %; outside that range the
+            ED/ES frames or the segmentation are almost surely wrong.
+        lv_mass_min_g, lv_mass_max_g: plausible LV mass, 30-400 g. Normal adults are roughly
+            60-200 g and severe hypertrophy rarely exceeds 400 g; below 30 g the myocardium is
+            mostly missing. Children and small animals need lower limits.
+        rv_lv_edv_ratio_max: RV EDV / LV EDV above 2.0 flags "RV much larger than LV". The
+            normal ratio is ~1.0-1.2 and even marked RV dilation (ACDC "ARV") stays mostly below
+            ~1.8, so above 2 the RV has usually leaked into the atrium/outflow tract or the LV
+            is under-segmented.
+        min_slices: fewer than 6 short-axis slices flags ``too_few_slices``. SCMR protocols use
+            <= 10 mm from slice to slice and an adult LV is 70-100 mm long at ED, i.e. 8-10
+            slices; 6 is the smallest stack in ACDC, and fewer cannot cover base to apex.
+        slice_gap_rel_tol, slice_gap_abs_tol_mm: a gap between neighbouring slice positions
+            differing from the median gap by more than max(20 % of the median, 0.5 mm) is
+            uneven. The 0.5 mm floor ignores rounding of DICOM positions on thin slices.
+        missing_slice_ratio: a gap of at least 1.5x the median counts as
+            ``round(gap / median) - 1`` missing slices (a gap of ~2x means one is missing).
+        flat_curve_min_pct: an automatically analysed cine whose LV volume varies by less than
+            5 % of its maximum ((max - min) / max) has no real ED/ES: it may be a static or
+            non-cine series, or the segmentation does not follow the motion.
+        lv_leak_max_fraction: on mid-ventricular slices (the middle third of the slices that
+            contain LV cavity) more than 10 % of the LV cavity's border pixels touching
+            background or RV directly (in-plane 4-neighbourhood) flags ``lv_not_enclosed``:
+            there the cavity should be fully ringed by myocardium, and a gap in the ring means
+            a hole in the myocardium or blood labelled as cavity outside the LV.
+        long_axis_max_angle_deg, long_axis_min_elongation: ``not_short_axis`` fires when the
+            predicted LV (cavity + myocardium, first key frame) is clearly elongated (largest
+            principal extent >= 1.5x the second, in mm) and its long axis lies more than 60 deg
+            from the slice normal: in a short-axis stack the LV's long axis runs through the
+            slices. On the 16 ACDC validation patients the elongation stays below 1.5 (the LV
+            spans few thick slices), so the check only speaks up for in-plane elongated
+            hearts, as in long-axis views.
+    """
+
+    ef_min_pct: float = 5.0
+    ef_max_pct: float = 85.0
+    lv_mass_min_g: float = 30.0
+    lv_mass_max_g: float = 400.0
+    rv_lv_edv_ratio_max: float = 2.0
+    min_slices: int = 6
+    slice_gap_rel_tol: float = 0.20
+    slice_gap_abs_tol_mm: float = 0.5
+    missing_slice_ratio: float = 1.5
+    flat_curve_min_pct: float = 5.0
+    lv_leak_max_fraction: float = 0.10
+    long_axis_max_angle_deg: float = 60.0
+    long_axis_min_elongation: float = 1.5
