@@ -169,7 +169,6 @@ def write_overlay(
     """
     require_matplotlib()
     from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
 
     rows = len(images)
     if rows == 0 or len(masks) != rows or len(titles) != rows:
@@ -183,28 +182,7 @@ def write_overlay(
     if max_cols < 1:
         raise ValueError(f"max_cols must be at least 1, got {max_cols}")
 
-    canon_images, canon_masks, spacings = [], [], []
-    for img, mask, aff in zip(images, masks, affines):
-        img, mask = np.asarray(img), np.asarray(mask)
-        if img.ndim != 3 or img.shape != mask.shape:
-            raise ValueError(f"images and masks must be 3D and of equal shape, got {img.shape} and {mask.shape}")
-        ci, spacing = canonical_stack(img, aff)
-        cm, _ = canonical_stack(mask, aff)
-        canon_images.append(ci)
-        canon_masks.append(cm)
-        spacings.append(spacing)
-
-    # one crop for all rows (when they share a canonical grid), so ED and ES line up
-    if crop:
-        if all(m.shape[:2] == canon_masks[0].shape[:2] for m in canon_masks):
-            box = _crop_box(canon_masks, spacings[0], margin_mm)
-            boxes = [box] * rows
-        else:
-            boxes = [_crop_box([m], s, margin_mm) for m, s in zip(canon_masks, spacings)]
-        for r, box in enumerate(boxes):
-            if box is not None:
-                canon_images[r] = canon_images[r][box[0], box[1]]
-                canon_masks[r] = canon_masks[r][box[0], box[1]]
+    canon_images, canon_masks, spacings = _canonical_rows(images, masks, affines, margin_mm if crop else None)
 
     n_slices = max(c.shape[2] for c in canon_images)
     cols = min(n_slices, max_cols)
@@ -225,6 +203,7 @@ def write_overlay(
 
     styles = {key: STRUCTURE_STYLE[key] for key in label_map.structures}
     windows = [_window(c) for c in canon_images]
+    rows_of = list(zip(canon_images, canon_masks, spacings, windows))
     for block in range(blocks):
         block_top = HEADER_IN + block * (rows * panel_h + (rows - 1) * GAP_IN + BLOCK_GAP_IN)
         for r in range(rows):
@@ -235,37 +214,14 @@ def write_overlay(
             )  # fmt: skip
             for c in range(cols):
                 z = block * cols + c
-                if z >= canon_images[r].shape[2]:
-                    continue
-                ax = axes_at(LEFT_IN + c * (PANEL_IN + GAP_IN), top, PANEL_IN, panel_h)
-                ax.set_axis_off()
-                sa, sb = spacings[r]
-                lo, hi = windows[r]
-                ax.imshow(
-                    display_slice(canon_images[r][:, :, z]).astype(np.float32), cmap="gray", vmin=lo, vmax=hi,
-                    origin="lower", aspect=sb / sa, interpolation="nearest",
-                )  # fmt: skip
-                shown = display_slice(canon_masks[r][:, :, z])
-                for key in DRAW_ORDER:
-                    binary = shown == getattr(label_map, key)
-                    if binary.any():
-                        ax.contour(binary.astype(np.float32), levels=[0.5], colors=[styles[key][1]], linewidths=1.1)
-                ax.text(
-                    0.02, 0.98, f"s{z}", transform=ax.transAxes, color="white", fontsize=7, ha="left", va="top",
-                    bbox={"facecolor": "black", "alpha": 0.55, "edgecolor": "none", "pad": 1.0},
-                )  # fmt: skip
+                if z < canon_images[r].shape[2]:
+                    ax = axes_at(LEFT_IN + c * (PANEL_IN + GAP_IN), top, PANEL_IN, panel_h)
+                    _draw_panel(ax, *rows_of[r], z, label_map, styles)
 
-    header = title or ""
-    fig.text(LEFT_IN / fig_w, 1 - 0.08 / fig_h, header, fontsize=10, weight="bold", ha="left", va="top")
     note = f"{orientation_text(affines[0])}; s<k> = slice k of the file"
     if crop:
         note += f"; cropped to the labels + {margin_mm:g} mm"
-    fig.text(LEFT_IN / fig_w, 1 - 0.3 / fig_h, note, fontsize=7, ha="left", va="top", color="0.25")
-    handles = [Line2D([], [], color=colour, linewidth=2.0, label=name) for name, colour in styles.values()]
-    fig.legend(
-        handles=handles, loc="upper right", bbox_to_anchor=(1 - RIGHT_IN / fig_w, 1 - 0.02 / fig_h),
-        ncol=len(handles), fontsize=8, frameon=False, handlelength=1.5, columnspacing=1.0,
-    )  # fmt: skip
+    _draw_header(fig, fig_w, fig_h, title or "", note, styles)
 
     if volumes:
         top = HEADER_IN + grid_h + BOTTOM_IN + CURVE_PAD_TOP_IN
@@ -275,6 +231,70 @@ def write_overlay(
     with atomic_path(Path(path)) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI, facecolor="white")
     return Path(path)
+
+
+def _canonical_rows(
+    images: Sequence[np.ndarray], masks: Sequence[np.ndarray], affines: Sequence[np.ndarray], margin_mm: float | None
+) -> tuple[list[np.ndarray], list[np.ndarray], list[tuple[float, float]]]:
+    """Images and masks as canonical stacks with their in-plane spacings, cropped to the labels
+    plus ``margin_mm`` (None: not cropped): one crop for all rows when they share a canonical
+    grid, so that ED and ES line up."""
+    canon_images, canon_masks, spacings = [], [], []
+    for img, mask, aff in zip(images, masks, affines):
+        img, mask = np.asarray(img), np.asarray(mask)
+        if img.ndim != 3 or img.shape != mask.shape:
+            raise ValueError(f"images and masks must be 3D and of equal shape, got {img.shape} and {mask.shape}")
+        ci, spacing = canonical_stack(img, aff)
+        cm, _ = canonical_stack(mask, aff)
+        canon_images.append(ci)
+        canon_masks.append(cm)
+        spacings.append(spacing)
+    if margin_mm is not None:
+        if all(m.shape[:2] == canon_masks[0].shape[:2] for m in canon_masks):
+            boxes = [_crop_box(canon_masks, spacings[0], margin_mm)] * len(canon_masks)
+        else:
+            boxes = [_crop_box([m], s, margin_mm) for m, s in zip(canon_masks, spacings)]
+        for r, box in enumerate(boxes):
+            if box is not None:
+                canon_images[r] = canon_images[r][box[0], box[1]]
+                canon_masks[r] = canon_masks[r][box[0], box[1]]
+    return canon_images, canon_masks, spacings
+
+
+def _draw_panel(
+    ax: Any, image: np.ndarray, mask: np.ndarray, spacing: tuple[float, float], window: tuple[float, float],
+    z: int, label_map: LabelMap, styles: dict[str, tuple[str, str]],
+) -> None:
+    """Slice ``z`` of one row: the grey image, the structures' contours and the slice number."""
+    ax.set_axis_off()
+    sa, sb = spacing
+    lo, hi = window
+    ax.imshow(
+        display_slice(image[:, :, z]).astype(np.float32), cmap="gray", vmin=lo, vmax=hi,
+        origin="lower", aspect=sb / sa, interpolation="nearest",
+    )  # fmt: skip
+    shown = display_slice(mask[:, :, z])
+    for key in DRAW_ORDER:
+        binary = shown == getattr(label_map, key)
+        if binary.any():
+            ax.contour(binary.astype(np.float32), levels=[0.5], colors=[styles[key][1]], linewidths=1.1)
+    ax.text(
+        0.02, 0.98, f"s{z}", transform=ax.transAxes, color="white", fontsize=7, ha="left", va="top",
+        bbox={"facecolor": "black", "alpha": 0.55, "edgecolor": "none", "pad": 1.0},
+    )  # fmt: skip
+
+
+def _draw_header(fig: Any, fig_w: float, fig_h: float, title: str, note: str, styles: dict[str, tuple[str, str]]) -> None:
+    """The study name, the orientation note and the structures' legend along the top."""
+    from matplotlib.lines import Line2D
+
+    fig.text(LEFT_IN / fig_w, 1 - 0.08 / fig_h, title, fontsize=10, weight="bold", ha="left", va="top")
+    fig.text(LEFT_IN / fig_w, 1 - 0.3 / fig_h, note, fontsize=7, ha="left", va="top", color="0.25")
+    handles = [Line2D([], [], color=colour, linewidth=2.0, label=name) for name, colour in styles.values()]
+    fig.legend(
+        handles=handles, loc="upper right", bbox_to_anchor=(1 - RIGHT_IN / fig_w, 1 - 0.02 / fig_h),
+        ncol=len(handles), fontsize=8, frameon=False, handlelength=1.5, columnspacing=1.0,
+    )  # fmt: skip
 
 
 def _volume_curves(

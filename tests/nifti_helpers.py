@@ -37,3 +37,13 @@ def qform_only_nii(path: Path, pixdim: list[float]) -> Path:
     """A .nii whose geometry is its qform only (sform_code 0) with voxel size ``pixdim``."""
     save_nifti(path, image(), np.diag([1.5, 1.5, 8.0, 1.0]))
     return raw_header_edit(path, sform_code=0, qform_code=1, pixdim123=pixdim)
+
+
+def signed_perm_affine(perm: Any, signs: Any, spacing: Any, origin: Any) -> np.ndarray:
+    """An affine whose stored axis ``k`` runs along world axis ``perm[k]`` with sign ``signs[k]``."""
+    affine = np.zeros((4, 4))
+    affine[3, 3] = 1.0
+    for stored, world in enumerate(perm):
+        affine[world, stored] = signs[stored] * spacing[stored]
+    affine[:3, 3] = origin
+    return affine

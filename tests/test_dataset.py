@@ -22,11 +22,15 @@ TINY = PreprocessConfig(spacing_mm=2.5, fov_px=64)
 P = namedtuple("P", "name group")
 
 
-def write_acdc_tree(root: Path, n: int = 5, shape: tuple[int, int, int] = (64, 64, 4)) -> Path:
-    """``n`` ACDC-style phantom patients (one per group, cycling), ED = frame 1, ES = frame 3."""
-    for i in range(n):
+def write_acdc_tree(
+    root: Path, n: int = 5, shape: tuple[int, int, int] = (64, 64, 4), slices: tuple[int, ...] | None = None
+) -> Path:
+    """``n`` ACDC-style phantom patients (one per group, cycling), ED = frame 1, ES = frame 3;
+    ``slices``: one patient per entry, with that many slices of ``shape``'s in-plane size."""
+    shapes = [shape] * n if slices is None else [(*shape[:2], k) for k in slices]
+    for i, patient_shape in enumerate(shapes):
         name = f"patient{i + 1:03d}"
-        ph = make_phantom(PhantomSpec(shape=shape, spacing_mm=(2.5, 2.5, 10.0), n_frames=4, seed=i))
+        ph = make_phantom(PhantomSpec(shape=patient_shape, spacing_mm=(2.5, 2.5, 10.0), n_frames=4, seed=i))
         folder = root / name
         folder.mkdir(parents=True)
         (folder / "Info.cfg").write_text(f"ED: 1\nES: 3\nGroup: {GROUPS[i % 5]}\nHeight: 170\nWeight: 70\n")

@@ -16,7 +16,7 @@ import pytest
 from conftest import save_nifti
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from nifti_helpers import image, qform_only_nii, raw_header_edit
+from nifti_helpers import image, qform_only_nii, raw_header_edit, signed_perm_affine
 from typer.testing import CliRunner
 
 from cardioseg.cli import app
@@ -235,15 +235,6 @@ def test_tampered_checkpoint_is_refused(tmp_path, small_phantom, tiny_weights_pa
 # ---------------------------------------------------------------------------- properties
 
 
-def _signed_perm_affine(perm, signs, spacing, origin, shape) -> np.ndarray:
-    affine = np.zeros((4, 4))
-    affine[3, 3] = 1.0
-    for stored, world in enumerate(perm):
-        affine[world, stored] = signs[stored] * spacing[stored]
-    affine[:3, 3] = origin
-    return affine
-
-
 orientations = st.tuples(
     st.permutations([0, 1, 2]),
     st.tuples(*[st.sampled_from([-1.0, 1.0])] * 3),
@@ -291,7 +282,7 @@ def test_model_space_round_trip_of_one_hot_labels(shape, orientation, seed):
     perm, signs, _, origin = orientation
     spacing = [1.5625, 1.5625, 1.5625]
     spacing[perm.index(2)] = 10.0  # the stored axis along world z is the slice axis
-    affine = _signed_perm_affine(perm, signs, spacing, origin, shape)
+    affine = signed_perm_affine(perm, signs, spacing, origin)
     labels = np.random.default_rng(seed).integers(0, 4, size=shape).astype(np.uint8)
     fov = 24 + (max(shape) % 2 == 1)  # same parity as every in-plane size below
     canonical_inplane = [shape[i] for i in range(3) if i != perm.index(2)]

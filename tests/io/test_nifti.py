@@ -14,7 +14,7 @@ import pytest
 from conftest import save_nifti
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from nifti_helpers import image, qform_only_nii, raw_header_edit
+from nifti_helpers import image, qform_only_nii, raw_header_edit, signed_perm_affine
 
 from cardioseg.errors import (
     CardiosegError,
@@ -281,15 +281,6 @@ def test_nibabel_header_repairs_are_silent_for_the_reading_thread_only(tmp_path,
 # ---------------------------------------------------------------------------- properties
 
 
-def _signed_perm_affine(perm, signs, spacing, origin) -> np.ndarray:
-    affine = np.zeros((4, 4))
-    affine[3, 3] = 1.0
-    for stored, world in enumerate(perm):
-        affine[world, stored] = signs[stored] * spacing[stored]
-    affine[:3, 3] = origin
-    return affine
-
-
 @settings(max_examples=30, deadline=None)
 @given(
     shape=st.tuples(st.integers(1, 9), st.integers(1, 9), st.integers(1, 6)),
@@ -310,7 +301,7 @@ def test_reader_round_trip(tmp_path_factory, shape, frames, orientation, dtype, 
     perm, signs, spacing, origin = orientation
     full_shape = (*shape, frames) if frames > 1 else shape
     data = np.random.default_rng(seed).integers(0, 200, size=full_shape).astype(dtype)
-    affine = _signed_perm_affine(perm, signs, spacing, origin)
+    affine = signed_perm_affine(perm, signs, spacing, origin)
     path = tmp_path_factory.mktemp("rt") / f"rt_{seed}_{len(full_shape)}{suffix}"
     save_nifti(path, data, affine)
     vol = read_volume(path)

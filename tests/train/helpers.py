@@ -6,11 +6,8 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from conftest import save_nifti
-
-from cardioseg.phantom import PhantomSpec, make_phantom
 from cardioseg.train import Callbacks, TrainConfig
-from tests.test_dataset import GROUPS
+from tests.test_dataset import write_acdc_tree
 
 KW = {"in_channels": 1, "num_classes": 4, "base": 4, "depth": 4}  # the tiny runs' network
 SLICES = (3, 4, 5, 4, 6)  # per patient of the multi-slice cache: frames of different slice counts
@@ -39,13 +36,4 @@ def logger(messages: list[str]) -> Callbacks:
 
 def write_multislice_tree(root: Path) -> Path:
     """ACDC-style phantom patients with SLICES[i] slices each (ED = frame 1, ES = frame 3)."""
-    for i, n in enumerate(SLICES):
-        name = f"patient{i + 1:03d}"
-        ph = make_phantom(PhantomSpec(shape=(64, 64, n), spacing_mm=(2.5, 2.5, 10.0), n_frames=4, seed=i))
-        folder = root / name
-        folder.mkdir(parents=True)
-        (folder / "Info.cfg").write_text(f"ED: 1\nES: 3\nGroup: {GROUPS[i]}\nHeight: 170\nWeight: 70\n")
-        for number, t in ((1, ph.ed_frame), (3, ph.es_frame)):
-            save_nifti(folder / f"{name}_frame{number:02d}.nii.gz", ph.image[..., t], ph.affine)
-            save_nifti(folder / f"{name}_frame{number:02d}_gt.nii.gz", ph.labels[..., t], ph.affine)
-    return root
+    return write_acdc_tree(root, slices=SLICES)
