@@ -15,6 +15,7 @@ import typer
 
 from cardioseg._version import __version__
 from cardioseg.errors import CardiosegError
+from cardioseg.runtime import CLEAN_UPS
 from cardioseg.train import ARCHES, LOSSES, OPTIMIZERS, REGULARIZERS, WEIGHTINGS, describe_choices
 
 app = typer.Typer(
@@ -74,7 +75,9 @@ def predict(
     myo_density: Annotated[float, typer.Option("--myo-density", help="Myocardial density in g/mL for LV mass.")] = 1.05,
     height_cm: Annotated[float | None, typer.Option("--height-cm", help="Height for BSA indexing (overrides Info.cfg).")] = None,
     weight_kg: Annotated[float | None, typer.Option("--weight-kg", help="Weight for BSA indexing (overrides Info.cfg).")] = None,
-    no_postprocess: Annotated[bool, typer.Option("--no-postprocess", help="Skip the largest-connected-component clean-up.")] = False,
+    no_postprocess: Annotated[bool, typer.Option("--no-postprocess", help="Skip the clean-up of the masks.")] = False,
+    clean_up: Annotated[str, typer.Option("--clean-up", help="How the masks are cleaned up: " + "; ".join(f"{k}: {v}" for k, v in CLEAN_UPS.items()) + ".")] = "largest",
+    crop_px: Annotated[int, typer.Option("--crop-px", min=0, help="Two stages: locate the heart on a coarse grid, then segment a crop of this many model pixels around it (a multiple of 16; 0: the whole field of view).")] = 0,
     max_voxels: Annotated[int | None, typer.Option("--max-voxels", min=1, help="Refuse images with more voxels (X*Y*Z*T) than this, before reading them (default: $CARDIOSEG_MAX_VOXELS or 536870912).")] = None,
     series_uid: Annotated[str | None, typer.Option("--series-uid", help="SeriesInstanceUID to read from a DICOM folder that holds several series (the error lists them).")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Treat any quality-control flag as an error: the study gets exit code 1 and no outputs.")] = False,
@@ -103,7 +106,7 @@ def predict(
                 skip_existing=skip_existing, num_parts=num_parts, part_id=part_id,
                 on_frame=on_frame, on_result=on_result, on_start=on_start, on_note=None if quiet else console.note,
                 ensemble=ensemble.value, device=device, precision=precision, batch_size=batch_size,
-                postprocess=not no_postprocess, compile=compile_model, batch_studies=batch_studies,
+                postprocess=not no_postprocess, clean_up=clean_up, crop_px=crop_px, compile=compile_model, batch_studies=batch_studies,
                 myo_density_g_ml=myo_density, ed_frame=ed_frame, es_frame=es_frame, height_cm=height_cm,
                 weight_kg=weight_kg, max_voxels=max_voxels, strict=strict, overlay=overlay, series_uid=series_uid,
             )  # fmt: skip

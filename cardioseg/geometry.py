@@ -9,8 +9,8 @@ that depends only on the physical geometry (not on how the file happens to store
 
 This is a pure transpose + flips, so it is inverted exactly. In-plane the canonical slices
 are then resampled onto a fixed ``fov_px`` x ``fov_px`` grid of ``spacing_mm`` pixels whose
-centre is the centre of the image; the inverse maps model-space class probabilities back
-onto the native grid before the argmax.
+centre is the centre of the image, or a given point (a heart-centred crop); the inverse maps
+model-space class probabilities back onto the native grid before the argmax.
 """
 
 from __future__ import annotations
@@ -79,20 +79,30 @@ class InPlaneGrid:
     """The mapping between a native canonical slice grid and the model's square grid.
 
     Model pixel ``j`` along in-plane axis ``a`` sits at native index
-    ``(n_a - 1) / 2 + (j - (fov_px - 1) / 2) * spacing_mm / native_spacing_a``: both grids
-    share their centre, so flips commute with resampling.
+    ``c_a + (j - (fov_px - 1) / 2) * spacing_mm / native_spacing_a``, where ``c`` is
+    ``centre`` (canonical native indices, e.g. the heart) or, by default, the image centre
+    ``(n_a - 1) / 2`` (then flips commute with resampling).
     """
 
     native_shape: tuple[int, int]
     native_spacing_mm: tuple[float, float]
     spacing_mm: float
     fov_px: int
+    centre: tuple[float, float] | None = None
 
     def _scale_offset(self) -> tuple[np.ndarray, np.ndarray]:
         scale = np.array([self.spacing_mm / s for s in self.native_spacing_mm])
-        centre_native = (np.array(self.native_shape, dtype=np.float64) - 1) / 2
+        if self.centre is not None:
+            centre_native = np.array(self.centre, dtype=np.float64)
+        else:
+            centre_native = (np.array(self.native_shape, dtype=np.float64) - 1) / 2
         centre_model = (self.fov_px - 1) / 2
         return scale, centre_native - scale * centre_model
+
+    def model_to_native(self, points: np.ndarray) -> np.ndarray:
+        """(N, 2) model pixel coordinates -> (N, 2) canonical native indices (fractional)."""
+        scale, offset = self._scale_offset()
+        return offset + np.asarray(points, dtype=np.float64) * scale
 
     def to_model(self, slices: np.ndarray, order: int = 1, cval: float = 0.0) -> np.ndarray:
         """(A, B, S) native canonical -> (fov, fov, S) model grid (float32; a view of an (S, fov, fov) array)."""
@@ -195,12 +205,34 @@ class ModelSpace:
     native_shape: tuple[int, int, int]
 
     @classmethod
-    def for_image(cls, affine: np.ndarray, shape: tuple[int, ...], spacing_mm: float, fov_px: int) -> ModelSpace:
+    def for_image(
+        cls, affine: np.ndarray, shape: tuple[int, ...], spacing_mm: float, fov_px: int,
+        centre_world_mm: np.ndarray | None = None,
+    ) -> ModelSpace:
+        """The model grid of an image; centred on the image, or on the in-plane projection of
+        the world point ``centre_world_mm`` (x, y, z in mm)."""
         o = find_orientation(affine)
         spacing = canonical_spacing(tuple(np.linalg.norm(affine[:3, :3], axis=0)), o)  # type: ignore[arg-type]
         cshape = tuple(int(shape[i]) for i in o.perm)
-        grid = InPlaneGrid((cshape[0], cshape[1]), (spacing[0], spacing[1]), spacing_mm, fov_px)
+        centre = None
+        if centre_world_mm is not None:
+            stored = np.linalg.solve(np.asarray(affine, dtype=np.float64), [*centre_world_mm, 1.0])[:3]
+            canon = [cshape[k] - 1 - stored[o.perm[k]] if o.flip[k] else stored[o.perm[k]] for k in range(2)]
+            centre = (float(canon[0]), float(canon[1]))
+        grid = InPlaneGrid((cshape[0], cshape[1]), (spacing[0], spacing[1]), spacing_mm, fov_px, centre)
         return cls(o, grid, tuple(int(s) for s in shape[:3]))  # type: ignore[arg-type]
+
+    def model_to_world(self, points: np.ndarray, affine: np.ndarray) -> np.ndarray:
+        """(N, 3) model coordinates (slice, row, column) -> (N, 3) world points (mm)."""
+        points = np.asarray(points, dtype=np.float64)
+        native = self.grid.model_to_native(points[:, 1:])
+        canon = np.column_stack([native, points[:, 0]])
+        cshape = [self.native_shape[i] for i in self.orientation.perm]
+        stored = np.zeros_like(canon)
+        for k in range(3):
+            values = cshape[k] - 1 - canon[:, k] if self.orientation.flip[k] else canon[:, k]
+            stored[:, self.orientation.perm[k]] = values
+        return (np.asarray(affine, dtype=np.float64) @ np.column_stack([stored, np.ones(len(stored))]).T).T[:, :3]
 
     def image_to_model(self, frame: np.ndarray, cval: float) -> np.ndarray:
         """Stored 3D frame (already intensity-normalised) -> (S, fov, fov) float32 slices."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -20,9 +20,9 @@ from cardioseg.errors import ConfigError, WeightsError
 from cardioseg.geometry import ModelSpace, find_orientation
 from cardioseg.labels import LabelMap
 from cardioseg.models.inputs import InputSpec, context_indices
-from cardioseg.postprocess import keep_largest_components
+from cardioseg.postprocess import anatomical_clean_up, keep_largest_components
 from cardioseg.preprocess import image_to_model
-from cardioseg.runtime import CPU_BATCH_SIZE, resolve_batch_size, resolve_device, resolve_precision
+from cardioseg.runtime import CLEAN_UPS, CPU_BATCH_SIZE, resolve_batch_size, resolve_device, resolve_precision
 from cardioseg.weights import LoadedWeights
 
 
@@ -36,13 +36,36 @@ class PredictOptions:
     ensemble: str = "vote"  # vote | mean: how an Ensemble combines its members (see Ensemble)
     compile: bool = False  # torch.compile the network (pays off on a GPU for long batches)
     batch_studies: bool | None = None  # batch mode: pool slices of several studies; None: on a GPU only
+    crop_px: int = 0  # > 0: two stages, the heart located on a coarse grid, then a crop of this size around it
+    clean_up: str = "largest"  # with postprocess: largest (3D component per label) | anatomy (see postprocess)
 
 
 ENSEMBLE_MODES = ("vote", "mean")
+LOCATE_MIN_HEART_MM2 = 500.0
+"""Stage 1 finds a heart when its LV cavity + myocardium cover at least this area (all slices together)."""
+
+
+@dataclass(frozen=True)
+class Localisation:
+    """Where stage 1 found the heart: the centroid of the largest 3D LV cavity + myocardium
+    component on a coarse grid (twice the model's pixel size, the same field of view)."""
+
+    centre_world_mm: tuple[float, float, float] | None  # None: no heart found (the full field is used)
+    heart_area_mm2: float  # in-plane area of that component, summed over slices
+
+    @property
+    def found(self) -> bool:
+        return self.centre_world_mm is not None
+
+    def as_dict(self) -> dict[str, Any]:
+        centre = None if self.centre_world_mm is None else [round(c, 1) for c in self.centre_world_mm]
+        return {"found": self.found, "centre_world_mm": centre, "heart_area_mm2": round(self.heart_area_mm2, 1)}
 
 
 Frame = tuple[np.ndarray, np.ndarray]
 """One stored 3D frame and its affine."""
+Centre = Optional[np.ndarray]  # noqa: UP045 - a runtime alias on Python 3.10 too
+"""A world point (x, y, z, mm) a crop is centred on, or None for the full field."""
 
 
 def frames_of(data: np.ndarray, affine: np.ndarray) -> list[Frame]:
@@ -129,6 +152,14 @@ def forward_probabilities(
         return torch.cat(out).cpu().numpy()
 
 
+def check_options(options: PredictOptions) -> None:
+    """One-line errors for options no predictor can follow."""
+    if options.crop_px < 0 or options.crop_px % 16:
+        raise ConfigError(f"--crop-px must be 0 (the full field) or a positive multiple of 16, got {options.crop_px}")
+    if options.clean_up not in CLEAN_UPS:
+        raise ConfigError(f"--clean-up {options.clean_up!r}: choose one of {', '.join(CLEAN_UPS)}")
+
+
 class _Segmenter:
     """``predict`` for 3D frames and 4D cines on top of a subclass's ``predict_frames``.
 
@@ -137,34 +168,68 @@ class _Segmenter:
     """
 
     batch_size: int = CPU_BATCH_SIZE
+    options: PredictOptions
 
-    def predict_frame(self, frame: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    def predict_frame(self, frame: np.ndarray, affine: np.ndarray, centre: Centre = None) -> np.ndarray:
         raise NotImplementedError
 
-    def predict_frames(self, frames: Sequence[Frame], on_frame: Callable[[int], Any] | None = None) -> list[np.ndarray]:
-        """Several stored 3D frames -> their uint8 labels (``on_frame(i)`` after frame i)."""
+    def locate(self, frame: np.ndarray, affine: np.ndarray) -> Localisation:
+        raise NotImplementedError
+
+    def localise(self, data: np.ndarray, affine: np.ndarray) -> Localisation | None:
+        """Stage 1 for a frame or a cine (its first frame: the heart does not move between
+        frames), or None when the options ask for no crop."""
+        if self.options.crop_px <= 0:
+            return None
+        return self.locate(data if data.ndim == 3 else data[..., 0], affine)
+
+    def predict_frames(
+        self, frames: Sequence[Frame], on_frame: Callable[[int], Any] | None = None, centres: Sequence[Centre] | None = None
+    ) -> list[np.ndarray]:
+        """Several stored 3D frames -> their uint8 labels (``on_frame(i)`` after frame i);
+        ``centres``: per frame, the world point a crop is centred on (None: the full field)."""
         out = []
         for i, (frame, affine) in enumerate(frames):
-            out.append(self.predict_frame(frame, affine))
+            out.append(self.predict_frame(frame, affine, centres[i] if centres is not None else None))
             if on_frame:
                 on_frame(i)
         return out
 
-    def predict_many(self, frames: Sequence[Frame], on_frame: Callable[[int], Any] | None = None) -> list[np.ndarray]:
+    def predict_many(
+        self, frames: Sequence[Frame], on_frame: Callable[[int], Any] | None = None, centres: Sequence[Centre] | None = None
+    ) -> list[np.ndarray]:
         """``predict_frames`` over groups of about ``batch_size`` slices (memory stays bounded)."""
         out: list[np.ndarray] = []
         for group in group_frames([frame.shape[2] for frame, _ in frames], self.batch_size):
             start = len(out)
             report = (lambda i, s=start: on_frame(s + i)) if on_frame else None
-            out.extend(self.predict_frames([frames[i] for i in group], report))
+            part = [centres[i] for i in group] if centres is not None else None
+            out.extend(self.predict_frames([frames[i] for i in group], report, part))
         return out
 
-    def predict(self, data: np.ndarray, affine: np.ndarray, on_frame: Callable[[int], Any] | None = None) -> np.ndarray:
-        """A 3D frame (X, Y, Z) or a cine (X, Y, Z, T) -> uint8 labels of the same shape."""
-        masks = self.predict_many(frames_of(data, affine), on_frame)
+    def predict(
+        self, data: np.ndarray, affine: np.ndarray, on_frame: Callable[[int], Any] | None = None,
+        localisation: Localisation | None = None,
+    ) -> np.ndarray:
+        """A 3D frame (X, Y, Z) or a cine (X, Y, Z, T) -> uint8 labels of the same shape.
+
+        With ``options.crop_px``, every frame is segmented on a crop centred on
+        ``localisation`` (default: :meth:`localise` of this input); without a heart found, on
+        the full field."""
+        frames = frames_of(data, affine)
+        if localisation is None:
+            localisation = self.localise(data, affine)
+        centre = crop_centre(localisation)
+        masks = self.predict_many(frames, on_frame, [centre] * len(frames))
         if data.ndim == 3:
             return masks[0]
         return np.stack(masks, axis=-1)
+
+
+def crop_centre(localisation: Localisation | None) -> np.ndarray | None:
+    if localisation is None or localisation.centre_world_mm is None:
+        return None
+    return np.asarray(localisation.centre_world_mm, dtype=np.float64)
 
 
 def _argmax_labels(probs: np.ndarray) -> np.ndarray:
@@ -173,10 +238,15 @@ def _argmax_labels(probs: np.ndarray) -> np.ndarray:
 
 
 def _clean_up(labels: np.ndarray, affine: np.ndarray, label_map: LabelMap, options: PredictOptions) -> np.ndarray:
-    """The largest 3D component per structure (when ``options.postprocess``), on stored-space labels."""
+    """``options.clean_up`` (when ``options.postprocess``) on stored-space labels."""
     if not options.postprocess:
         return labels
     spacing = tuple(float(s) for s in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
+    if options.clean_up == "anatomy":
+        return anatomical_clean_up(
+            labels, spacing, label_map.lv, label_map.myo, label_map.rv,  # type: ignore[arg-type]
+            slice_axis=find_orientation(np.asarray(affine)).perm[2], tolerance_mm=options.lcc_tolerance_mm,
+        )  # fmt: skip
     return keep_largest_components(
         labels,
         spacing,  # type: ignore[arg-type]
@@ -208,6 +278,27 @@ class Predictor(_Segmenter):
             self.model = torch.compile(self.model)
         self.config = weights.preprocess
         self.label_map = weights.label_map
+        check_options(self.options)
+
+    def locate(self, frame: np.ndarray, affine: np.ndarray) -> Localisation:
+        """Stage 1: the network on a grid of twice the pixel size (same field of view) of one
+        stored 3D frame; the centroid of the largest 3D LV cavity + myocardium component."""
+        from scipy import ndimage
+
+        coarse = replace(self.config, spacing_mm=2 * self.config.spacing_mm, fov_px=max(16, self.config.fov_px // 2))
+        space, slices = image_to_model(frame, affine, coarse)
+        labels = np.argmax(self.slice_probabilities(slices), axis=1)  # (S, fov, fov)
+        heart = np.isin(labels, (self.label_map.lv, self.label_map.myo))
+        components, n = ndimage.label(heart, structure=np.ones((3, 3, 3), dtype=bool))
+        if n == 0:
+            return Localisation(None, 0.0)
+        sizes = np.bincount(components.ravel())[1:]
+        keep = np.argwhere(components == int(np.argmax(sizes)) + 1)
+        area = float(len(keep)) * coarse.spacing_mm**2
+        if area < LOCATE_MIN_HEART_MM2:
+            return Localisation(None, area)
+        centre = space.model_to_world(keep.mean(axis=0)[None], affine)[0]
+        return Localisation(tuple(float(c) for c in centre), area)  # type: ignore[arg-type]
 
     def slice_probabilities(self, slices: np.ndarray) -> np.ndarray:
         """(S, H, W) normalised model-space slices -> (S, C, H, W) float32 softmax probabilities.
@@ -230,34 +321,46 @@ class Predictor(_Segmenter):
         """What the study report says about the weights: ``{"name", "sha256"}``."""
         return {"name": self.weights.name, "sha256": self.weights.file_sha256}
 
-    def to_model(self, frame: np.ndarray, affine: np.ndarray) -> tuple[ModelSpace, np.ndarray]:
-        """One stored 3D frame -> (its ModelSpace, (S, fov, fov) normalised model-space slices)."""
-        return image_to_model(frame, affine, self.config)
+    def to_model(self, frame: np.ndarray, affine: np.ndarray, centre: Centre = None) -> tuple[ModelSpace, np.ndarray]:
+        """One stored 3D frame -> (its ModelSpace, (S, fov, fov) normalised model-space slices);
+        with ``centre`` and ``options.crop_px``, a ``crop_px`` grid centred there."""
+        if centre is None or self.options.crop_px <= 0:
+            return image_to_model(frame, affine, self.config)
+        return image_to_model(frame, affine, replace(self.config, fov_px=self.options.crop_px), centre)
 
-    def model_probabilities(self, frame: np.ndarray, affine: np.ndarray) -> tuple[ModelSpace, np.ndarray]:
+    def model_probabilities(
+        self, frame: np.ndarray, affine: np.ndarray, centre: Centre = None
+    ) -> tuple[ModelSpace, np.ndarray]:
         """One stored 3D frame -> (its ModelSpace, (S, C, fov, fov) float32 model-space probabilities)."""
-        space, slices = self.to_model(frame, affine)
+        space, slices = self.to_model(frame, affine, centre)
         return space, self.slice_probabilities(slices)
 
-    def native_probabilities(self, frame: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    def native_probabilities(self, frame: np.ndarray, affine: np.ndarray, centre: Centre = None) -> np.ndarray:
         """One stored 3D frame (X, Y, Z) -> (C, X, Y, Z) float32 class probabilities on its voxel grid."""
-        space, probs = self.model_probabilities(frame, affine)
+        space, probs = self.model_probabilities(frame, affine, centre)
         return space.probabilities_to_native(probs)
 
-    def predict_frame(self, frame: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    def predict_frame(self, frame: np.ndarray, affine: np.ndarray, centre: Centre = None) -> np.ndarray:
         """One stored 3D frame -> uint8 labels of exactly the same shape, in the same voxel order.
 
         The argmax of ``native_probabilities`` (ties: the lowest label), computed by
         ``ModelSpace.probabilities_to_labels`` only where it can differ from background.
         """
-        space, probs = self.model_probabilities(frame, affine)
+        space, probs = self.model_probabilities(frame, affine, centre)
         return _clean_up(space.probabilities_to_labels(probs), affine, self.label_map, self.options)
 
-    def predict_frames(self, frames: Sequence[Frame], on_frame: Callable[[int], Any] | None = None) -> list[np.ndarray]:
+    def predict_frames(
+        self, frames: Sequence[Frame], on_frame: Callable[[int], Any] | None = None, centres: Sequence[Centre] | None = None
+    ) -> list[np.ndarray]:
         """Several stored 3D frames -> their uint8 labels, the slices of all of them in shared
         forward passes (the labels are those ``predict_frame`` gives each frame). Neighbour
-        stacks are built within each frame; a 3D network pools frames of the same shape."""
-        prepared = [self.to_model(frame, affine) for frame, affine in frames]
+        stacks are built within each frame; a 3D network pools frames of the same shape; frames
+        of different crops go to separate passes only if their grids differ in size."""
+        if centres is None:
+            centres = [None] * len(frames)
+        prepared = [self.to_model(frame, affine, c) for (frame, affine), c in zip(frames, centres)]
+        if len({slices.shape[1:] for _, slices in prepared}) > 1:  # full field and crops mixed
+            return super().predict_frames(frames, on_frame, centres)
         if not prepared:
             return []
         probs = self._probabilities([slices for _, slices in prepared], prepared[0][1].shape[1:])
@@ -309,17 +412,21 @@ class Ensemble(_Segmenter):
         self.precision = self.members[0].precision
         self.batch_size = self.members[0].batch_size
 
+    def locate(self, frame: np.ndarray, affine: np.ndarray) -> Localisation:
+        """Stage 1 with the first member (all members then segment the same crop)."""
+        return self.members[0].locate(frame, affine)
+
     @property
     def weights_report(self) -> dict[str, Any]:
         """``{"name": "a+b+...", "ensemble": mode, "members": [{"name", "sha256"}, ...]}``."""
         members = [m.weights_report for m in self.members]
         return {"name": "+".join(m["name"] for m in members), "ensemble": self.options.ensemble, "members": members}
 
-    def predict_frame(self, frame: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    def predict_frame(self, frame: np.ndarray, affine: np.ndarray, centre: Centre = None) -> np.ndarray:
         """One stored 3D frame -> uint8 labels of exactly the same shape, in the same voxel order."""
         total = votes = np.zeros(0)  # per label (C, X, Y, Z): summed probabilities, number of votes
         for i, member in enumerate(self.members):
-            probs = member.native_probabilities(frame, affine)
+            probs = member.native_probabilities(frame, affine, centre)
             choice = np.argmax(probs, axis=0) == np.arange(len(probs)).reshape(-1, 1, 1, 1)
             if i == 0:
                 total, votes = probs, choice.astype(np.int32)

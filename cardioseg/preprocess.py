@@ -34,13 +34,16 @@ class PreprocessConfig:
         )
 
 
-def image_to_model(frame: np.ndarray, affine: np.ndarray, cfg: PreprocessConfig) -> tuple[ModelSpace, np.ndarray]:
+def image_to_model(
+    frame: np.ndarray, affine: np.ndarray, cfg: PreprocessConfig, centre_world_mm: np.ndarray | None = None
+) -> tuple[ModelSpace, np.ndarray]:
     """One stored 3D frame -> (its ModelSpace, the (S, fov, fov) float32 normalised slices the
-    network sees). The one model-space preparation of training (the cache), inference and the
-    benchmark."""
+    network sees), the grid centred on the image or on ``centre_world_mm``. The one model-space
+    preparation of training (the cache), inference and the benchmark; intensities are
+    normalised over the whole frame, whatever the grid."""
     from cardioseg.geometry import ModelSpace
 
-    space = ModelSpace.for_image(affine, frame.shape, cfg.spacing_mm, cfg.fov_px)
+    space = ModelSpace.for_image(affine, frame.shape, cfg.spacing_mm, cfg.fov_px, centre_world_mm)
     norm, floor = normalize_intensity(frame, cfg.clip_low_pct, cfg.clip_high_pct)
     return space, space.image_to_model(norm, cval=floor)
 

@@ -59,6 +59,7 @@ def build_report(
     image: dict[str, Any],
     subject: dict[str, Any],
     warnings: list[str] | None = None,
+    segmentation: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON report of one study (plain types only; NaN becomes null when written).
 
@@ -68,6 +69,7 @@ def build_report(
 
     ``weights`` is ``{"name", "sha256"}`` for one model; for an ensemble it is
     ``{"name": "a+b+...", "ensemble": "vote"|"mean", "members": [{"name", "sha256"}, ...]}``.
+    ``segmentation``: how the masks were made (crop, clean-up, where stage 1 found the heart).
     """
     return {
         "study": study,
@@ -88,6 +90,7 @@ def build_report(
         "subject": subject,
         "image": image,
         "weights": weights,
+        **({"segmentation": segmentation} if segmentation is not None else {}),
         "versions": versions(),
         "device": device,
         "precision": precision,

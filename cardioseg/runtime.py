@@ -1,4 +1,5 @@
-"""Where and how the network runs: CPU threads, device, precision and forward-pass batch size.
+"""Where and how the network runs: CPU threads, device, precision and forward-pass batch size;
+and the registry of clean-ups (light: the command line reads its choices from here).
 
 Each choice is resolved once, with a one-line error for an impossible request; nothing here
 changes global state except :func:`set_num_threads` (which the caller invokes on purpose).
@@ -125,3 +126,10 @@ CPU_BATCH_SIZE = 16
 """2D slices per forward pass on a CPU: about one ACDC frame; larger batches gain nothing there."""
 GPU_BATCH_SIZE = 256
 """2D slices per forward pass on a GPU: many frames (and, in batch mode, several studies) at once."""
+
+
+CLEAN_UPS: dict[str, str] = {
+    "largest": "the largest 3D connected component of each structure",
+    "anatomy": "the components that make a heart: LV and myocardium of the largest LV+myocardium component, "
+    "the RV component beside the myocardium, holes in the LV cavity filled",
+}

@@ -32,6 +32,7 @@ from cardioseg.qc import Flag, study_flags
 from cardioseg.report import build_report, write_report
 
 if TYPE_CHECKING:
+    from cardioseg.inference import Localisation
     from cardioseg.labels import LabelMap
 
 ProgressFn = Callable[[Study, int], Any]
@@ -69,7 +70,8 @@ class Measurements:
 
 
 def measure_study(
-    study: Study, volumes: list[Volume], masks: list[np.ndarray], label_map: LabelMap, options: StudyOptions
+    study: Study, volumes: list[Volume], masks: list[np.ndarray], label_map: LabelMap, options: StudyOptions,
+    localisation: Localisation | None = None,
 ) -> Measurements:
     """Volumes of every frame, ED/ES, the clinical measures and the QC flags of a segmented study
     (``study.kind`` already FRAME, CINE or PAIR). Raises QcError for a flag under ``--strict``."""
@@ -91,6 +93,9 @@ def measure_study(
     flags = study_flags(
         masks, volumes, per_frame, ed_i, es_i, measures, label_map, study.kind, ed_es_overridden=overridden
     )
+    if localisation is not None and not localisation.found:
+        flags.append(Flag("heart_not_localised", "Stage 1 found no heart (LV cavity and myocardium) on the coarse "
+                          "grid, so the whole field of view was segmented: check the masks."))  # fmt: skip
     if options.strict and flags:
         raise QcError("quality control (--strict): " + " ".join(f.message for f in flags))
     return Measurements(per_frame, ed_i, es_i, measures, flags, height, weight)
@@ -123,6 +128,7 @@ def study_report(
     predictor: Segmenter,
     options: StudyOptions,
     runtime_s: float,
+    localisation: Localisation | None = None,
 ) -> dict[str, Any]:
     """The JSON report of one measured study (see ``cardioseg.report.build_report``)."""
     return build_report(
@@ -148,7 +154,17 @@ def study_report(
         },
         subject={"height_cm": m.height_cm, "weight_kg": m.weight_kg, "group": study.group},
         warnings=[w for v in volumes for w in v.meta.warnings],
+        segmentation=segmentation_report(predictor, localisation),
     )
+
+
+def segmentation_report(predictor: Segmenter, localisation: Localisation | None) -> dict[str, Any]:
+    """How the masks were made: the crop (0: the full field), the clean-up, stage 1's finding."""
+    o = predictor.options
+    return {
+        "crop_px": o.crop_px, "postprocess": o.clean_up if o.postprocess else "none",
+        "localisation": localisation.as_dict() if localisation is not None else None,
+    }  # fmt: skip
 
 
 def write_study(
@@ -196,10 +212,13 @@ def run_study(
     on_frame: Callable[[int], Any] | None = None,
     volumes: list[Volume] | None = None,
     masks: list[np.ndarray] | None = None,
+    localisation: Localisation | None = None,
 ) -> StudyResult:
     """Segment and measure one study and write its masks, overlay and report (all or nothing,
     the report last). ``volumes``: the study already read by ``read_study`` (else read here);
-    ``masks``: their labels, already predicted (with other studies' slices, on a GPU)."""
+    ``masks``: their labels, already predicted (with other studies' slices, on a GPU), with
+    the ``localisation`` they were predicted with. The heart is located once per study, on its
+    first volume (a pair's ED frame), and every frame is cropped around the same point."""
     t0 = time.perf_counter()
     if volumes is None:
         volumes = read_study(study, options)
@@ -207,10 +226,12 @@ def run_study(
         study = replace(study, kind=StudyKind.CINE if volumes[0].is_cine else StudyKind.FRAME)
     # to model space -> infer -> back to native -> clean up  (inside the Segmenter)
     if masks is None:
-        masks = [predictor.predict(v.data, v.affine, on_frame=on_frame) for v in volumes]
-    m = measure_study(study, volumes, masks, predictor.label_map, options)
+        localisation = predictor.localise(volumes[0].data, volumes[0].affine)
+        masks = [predictor.predict(v.data, v.affine, on_frame=on_frame, localisation=localisation) for v in volumes]
+    m = measure_study(study, volumes, masks, predictor.label_map, options, localisation)
     mask_paths = output_paths(study, out_dir)[: len(volumes)]
-    report = study_report(study, volumes, mask_paths, m, predictor, options, round(time.perf_counter() - t0, 3))
+    seconds = round(time.perf_counter() - t0, 3)
+    report = study_report(study, volumes, mask_paths, m, predictor, options, seconds, localisation)
     written = write_study(study, volumes, masks, m, report, out_dir, options, predictor.label_map)
     return StudyResult(study, written, report)
 
@@ -229,11 +250,12 @@ def _run_one(
     on_frame: Callable[[int], Any] | None,
     volumes: Future[list[Volume]],
     masks: list[np.ndarray] | None = None,
+    localisation: Localisation | None = None,
 ) -> StudyResult:
     """``run_study`` on the images read ahead, with the errors that belong to one study
     (reading included) turned into its result: a study never stops the batch (Ctrl-C does)."""
     try:
-        return run_study(study, predictor, out_dir, options, on_frame, volumes.result(), masks)
+        return run_study(study, predictor, out_dir, options, on_frame, volumes.result(), masks, localisation)
     except CardiosegError as exc:
         return StudyResult(study, error=str(exc))
     except MemoryError:
@@ -350,13 +372,20 @@ def _run_group(
     If the pooled prediction fails, every study is segmented alone, so that an error is
     reported by the study that causes it.
     """
-    from cardioseg.inference import frames_of
+    from cardioseg.inference import crop_centre, frames_of
 
     read = [(study, future.result()) for study, future in group if future.exception() is None]
-    frames = [f for _, volumes in read for v in volumes for f in frames_of(v.data, v.affine)]
     labels: list[np.ndarray] | None
+    located: dict[int, Localisation | None] = {}
     try:
-        labels = predictor.predict_many(frames) if frames else []
+        frames, centres = [], []
+        for study, volumes in read:
+            located[id(study)] = loc = predictor.localise(volumes[0].data, volumes[0].affine)
+            for v in volumes:
+                more = frames_of(v.data, v.affine)
+                frames += more
+                centres += [crop_centre(loc)] * len(more)
+        labels = predictor.predict_many(frames, centres=centres) if frames else []
     except Exception:  # noqa: BLE001 - out of memory, or one study's frames: each study alone finds out which
         labels = None
     results = []
@@ -373,5 +402,5 @@ def _run_group(
                 if progress is not None:
                     for t in range(n):
                         progress(study, t)
-        results.append(_run_one(study, predictor, out_dir, options, None, future, masks))
+        results.append(_run_one(study, predictor, out_dir, options, None, future, masks, located.get(id(study))))
     return results

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 if TYPE_CHECKING:
-    from cardioseg.inference import Frame, PredictOptions
+    from cardioseg.inference import Centre, Frame, Localisation, PredictOptions
     from cardioseg.labels import LabelMap
 
 
@@ -37,14 +37,20 @@ class Segmenter(Protocol):
     @property
     def weights_report(self) -> dict[str, Any]: ...
 
+    def localise(self, data: np.ndarray, affine: np.ndarray) -> Localisation | None:
+        """Stage 1 (where the heart is) of a frame or cine; None when segmenting the full field."""
+        ...
+
     def predict(
-        self, data: np.ndarray, affine: np.ndarray, on_frame: Callable[[int], Any] | None = None
+        self, data: np.ndarray, affine: np.ndarray, on_frame: Callable[[int], Any] | None = None,
+        localisation: Localisation | None = None,
     ) -> np.ndarray:
         """A 3D frame (X, Y, Z) or a cine (X, Y, Z, T) -> uint8 labels of the same shape."""
         ...
 
     def predict_many(
-        self, frames: Sequence[Frame], on_frame: Callable[[int], Any] | None = None
+        self, frames: Sequence[Frame], on_frame: Callable[[int], Any] | None = None,
+        centres: Sequence[Centre] | None = None,
     ) -> list[np.ndarray]:
         """Many (frame, affine) pairs, segmented in shared forward passes -> their uint8 labels."""
         ...

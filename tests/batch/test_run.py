@@ -119,11 +119,11 @@ class FailingOn:
     def __getattr__(self, name: str):
         return getattr(self.inner, name)
 
-    def predict(self, data, affine, on_frame=None):
+    def predict(self, data, affine, on_frame=None, localisation=None):
         self.calls += 1
         if self.calls - 1 == self.n:
             raise self.exc
-        return self.inner.predict(data, affine, on_frame=on_frame)
+        return self.inner.predict(data, affine, on_frame=on_frame, localisation=localisation)
 
 
 @pytest.mark.parametrize("exc", [ValueError("bad header"), IndexError(), ZeroDivisionError("division by zero")])
@@ -161,14 +161,14 @@ class SpyPredictor:
     def __getattr__(self, name: str):
         return getattr(self.inner, name)
 
-    def predict(self, data, affine, on_frame=None):
+    def predict(self, data, affine, on_frame=None, localisation=None):
         study = self.predicted[self.calls]
         self.calls += 1
         self.events.append(("predict-start", study))
         nxt = self.order.index(study) + 1
         if nxt < len(self.order):
             self.events.append(("next-read-started", self.started[self.order[nxt]].wait(timeout=20)))
-        out = self.inner.predict(data, affine, on_frame=on_frame)
+        out = self.inner.predict(data, affine, on_frame=on_frame, localisation=localisation)
         self.events.append(("predict-end", study))
         return out
 
@@ -271,11 +271,11 @@ def test_pooled_prediction_failure_falls_back_to_one_study_at_a_time(tmp_path, f
     predictor = Predictor(tiny_weights, PredictOptions(device="cpu", precision="fp32", batch_studies=True))
     real, calls = predictor.predict_many, []
 
-    def fail_once(frames, on_frame=None):  # the pooled call fails; single studies work
+    def fail_once(frames, on_frame=None, centres=None):  # the pooled call fails; single studies work
         calls.append(len(frames))
         if len(calls) == 1:
             raise exc
-        return real(frames, on_frame)
+        return real(frames, on_frame, centres)
 
     monkeypatch.setattr(predictor, "predict_many", fail_once)
     out = tmp_path / "out"

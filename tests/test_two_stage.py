@@ -1,0 +1,95 @@
+"""Heart-centred two-stage inference: stage 1 locates the heart on a coarse grid, stage 2
+segments a crop around it; the crop's grid maps back exactly like the full field's."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import save_nifti
+
+from cardioseg.geometry import ModelSpace
+from cardioseg.inference import Localisation, PredictOptions, Predictor
+from cardioseg.preprocess import image_to_model
+
+AFFINE = np.array([[0.0, -1.3, 0.0, 10.0], [1.3, 0.0, 0.0, -5.0], [0.0, 0.0, 8.0, 2.0], [0.0, 0.0, 0.0, 1.0]])
+SHAPE = (100, 90, 10)
+
+
+def test_a_grid_centred_on_a_world_point_puts_that_point_at_its_centre() -> None:
+    full = ModelSpace.for_image(AFFINE, SHAPE, 1.5, 64)
+    point = full.model_to_world(np.array([[3.0, 20.5, 40.2]]), AFFINE)[0]
+    crop = ModelSpace.for_image(AFFINE, SHAPE, 1.5, 32, centre_world_mm=point)
+    centre = crop.model_to_world(np.array([[3.0, 15.5, 15.5]]), AFFINE)[0]
+    np.testing.assert_allclose(centre, point, atol=1e-9)
+
+
+def test_a_crop_centred_on_the_image_centre_is_the_full_field_grid() -> None:
+    frame = np.random.default_rng(0).normal(100, 20, SHAPE).astype(np.float32)
+    full_space, full = image_to_model(frame, AFFINE, _config(1.5, 64))
+    centre = full_space.model_to_world(np.array([[0.0, 31.5, 31.5]]), AFFINE)[0]
+    _, crop = image_to_model(frame, AFFINE, _config(1.5, 64), centre)
+    np.testing.assert_allclose(crop, full, atol=1e-4)
+
+
+def _config(spacing_mm: float, fov_px: int):
+    from cardioseg.preprocess import PreprocessConfig
+
+    return PreprocessConfig(spacing_mm=spacing_mm, fov_px=fov_px)
+
+
+def test_crop_px_needs_a_multiple_of_16(tiny_weights) -> None:
+    from cardioseg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="multiple of 16"):
+        Predictor(tiny_weights, PredictOptions(device="cpu", crop_px=40))
+
+
+def test_no_heart_found_segments_the_full_field_and_is_flagged(tmp_path: Path, small_phantom, tiny_weights_path, monkeypatch) -> None:
+    import cardioseg
+
+    frame = save_nifti(tmp_path / "in" / "f.nii.gz", small_phantom.image[..., 0], small_phantom.affine)
+    monkeypatch.setattr(Predictor, "locate", lambda self, frame, affine: Localisation(None, 0.0))
+    cardioseg.predict(frame, tmp_path / "crop", weights=tiny_weights_path, device="cpu", crop_px=32)
+    full = cardioseg.predict(frame, tmp_path / "full", weights=tiny_weights_path, device="cpu")
+    report = json.loads((tmp_path / "crop" / "f_report.json").read_text())
+    assert "heart_not_localised" in report["qc_flags"] and "heart_not_localised" not in full[0].report["qc_flags"]
+    assert report["segmentation"] == {"crop_px": 32, "postprocess": "largest",
+                                      "localisation": {"found": False, "centre_world_mm": None, "heart_area_mm2": 0.0}}  # fmt: skip
+    a, b = (cardioseg.read_volume(tmp_path / d / "f_seg.nii.gz").data for d in ("crop", "full"))
+    np.testing.assert_array_equal(a, b)
+
+
+def test_a_cine_is_located_once_and_every_frame_is_cropped_around_that_point(small_phantom, tiny_weights, monkeypatch) -> None:
+    calls: list[int] = []
+    predictor = Predictor(tiny_weights, PredictOptions(device="cpu", precision="fp32", crop_px=32))
+    centre = tuple(float(c) for c in small_phantom.affine[:3, :3] @ [24, 24, 2] + small_phantom.affine[:3, 3])
+
+    def locate(frame: np.ndarray, affine: np.ndarray) -> Localisation:
+        calls.append(frame.ndim)
+        return Localisation(centre, 1000.0)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(predictor, "locate", locate)
+    labels = predictor.predict(small_phantom.image[..., :3], small_phantom.affine)
+    assert calls == [3] and labels.shape == small_phantom.image[..., :3].shape
+    # outside the 32 px x 2.5 mm crop around voxel (24, 24) nothing can be labelled
+    outside = np.ones(labels.shape[:2], bool)
+    outside[24 - 15 : 24 + 17, 24 - 15 : 24 + 17] = False
+    assert not labels[outside].any()
+
+
+def test_the_shipped_network_finds_the_phantom_heart() -> None:
+    from cardioseg.phantom import make_phantom
+    from cardioseg.weights import load_weights
+
+    ph = make_phantom()
+    predictor = Predictor(load_weights(), PredictOptions(device="cpu", precision="fp32", crop_px=160))
+    frame = ph.image[..., ph.ed_frame]
+    found = predictor.locate(frame, ph.affine)
+    heart = np.argwhere(np.isin(ph.labels[..., ph.ed_frame], (2, 3))).mean(axis=0)
+    truth = ph.affine[:3, :3] @ heart + ph.affine[:3, 3]
+    assert found.found and found.heart_area_mm2 > 5000
+    in_plane = np.asarray(found.centre_world_mm)[:2] - truth[:2]
+    assert np.linalg.norm(in_plane) < 10.0, (found, truth)
