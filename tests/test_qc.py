@@ -157,7 +157,8 @@ def test_hole_in_mid_ventricular_myocardium(cine_labels):
     flags = cine_flags(punch_myo(cine_labels, MID, frame=ES))
     flag = by_code(flags, "lv_not_enclosed")
     assert "frame 4 (ES), slices 2, 3, 4" in flag.message and "3 mid-ventricular slices" in flag.message
-    assert codes(flags) == ["lv_not_enclosed"]
+    # half the ring gone on 3 of 8 slices at ES only: the muscle "shrinks" between the phases too
+    assert codes(flags) == ["lv_not_enclosed", "myocardium_volume_changes"]
     # ED and ES both broken: one flag naming both
     both = punch_myo(punch_myo(cine_labels, MID, frame=ES), MID, frame=ED)
     msg = by_code(cine_flags(both), "lv_not_enclosed").message
@@ -351,3 +352,36 @@ def test_long_axis_in_plane_flags_not_short_axis():
         mask, vol = frame(long_axis)
         flags = study_flags([mask], [vol], [FrameVolumes(1.0, 0.0, 1.0)], None, None, {}, ACDC, "frame")
         assert ("not_short_axis" in [f.code for f in flags]) is expect, flags
+
+
+# ---------------------------------------------------------------------------- one heart, the same at ED and ES
+
+
+def test_an_rv_away_from_the_septum_is_flagged(cine_labels):
+    labels = cine_labels.copy()
+    es = labels[..., ES]
+    es[es == ACDC.rv] = 0
+    es[2:8, 2:8, 4:7] = ACDC.rv  # a blob in the corner, far from the myocardium
+    flag = by_code(cine_flags(labels), "rv_not_bordering_lv")
+    assert "frame 4 (ES) (0.0 %)" in flag.message
+    assert "rv_not_bordering_lv" not in codes(cine_flags(cine_labels))
+
+
+def test_a_structure_jumping_between_phases_is_flagged(cine_labels):
+    labels = cine_labels.copy()
+    labels[..., ES] = np.roll(labels[..., ES], 12, axis=0)  # 12 voxels of 2.8 mm: 34 mm
+    message = by_code(cine_flags(labels, ed_es=(ED, ES)), "structure_moved_between_phases").message
+    assert "the centre of the LV (cavity + myocardium) moves 34 mm (limit 20)" in message
+    assert "the centre of the RV cavity moves" in message
+    small = cine_labels.copy()
+    small[..., ES] = np.roll(small[..., ES], 1, axis=0)
+    assert "structure_moved_between_phases" not in codes(cine_flags(small, ed_es=(ED, ES)))
+
+
+def test_myocardium_that_vanishes_at_es_is_flagged(cine_labels):
+    labels = cine_labels.copy()
+    es = labels[..., ES]
+    es[es == ACDC.myo] = ACDC.lv  # the cavity swallows the muscle (an HCM failure at ES)
+    es[:, :, 0][np.isin(es[:, :, 0], (ACDC.lv,))] = ACDC.myo  # a little muscle left on one slice
+    flag = by_code(cine_flags(labels, ed_es=(ED, ES)), "myocardium_volume_changes")
+    assert "plausible 0.75-1.7x" in flag.message

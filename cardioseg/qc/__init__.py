@@ -28,9 +28,13 @@ Codes (see :class:`QcLimits` for the thresholds and why):
   slice or slices out of order.
 * ``heart_touches_fov_edge`` - a segmented voxel lies on the in-plane image border.
 * ``reader_warning`` - something the image reader had to work around (``Volume.meta``).
+* ``rv_not_bordering_lv`` - the RV cavity hardly touches the septum (another organ as RV?).
+* ``structure_moved_between_phases`` - the LV or RV centre jumps between ED and ES.
+* ``myocardium_volume_changes`` - the myocardial volume differs too much between ED and ES.
+* ``heart_not_localised`` - (added by the batch) stage 1 of ``--crop-px`` found no heart.
 
 Modules: ``limits`` (Flag, QcLimits), ``frames`` (canonical frames, names in messages),
-``anatomy``, ``measures``, ``acquisition`` (the checks).
+``anatomy``, ``consistency``, ``measures``, ``acquisition`` (the checks).
 
 Everything is vectorised: a 200 x 200 x 10 frame costs a few milliseconds.
 """
@@ -46,6 +50,7 @@ from cardioseg.io import Volume
 from cardioseg.labels import LabelMap
 from cardioseg.qc.acquisition import reader_warnings, slice_flags
 from cardioseg.qc.anatomy import enclosure, fov_edge, long_axis, missing_structures
+from cardioseg.qc.consistency import phase_consistency, rv_not_bordering
 from cardioseg.qc.frames import StudyFrames
 from cardioseg.qc.limits import STRUCTURE_NAMES, Flag, QcLimits
 from cardioseg.qc.measures import flat_curve, measure_flags
@@ -100,8 +105,10 @@ def study_flags(
     flags: list[Flag] = []
     flags += missing_structures(per_frame, frames)
     flags += enclosure(frames, label_map, limits)
+    flags += rv_not_bordering(frames, label_map, limits)
     if kind != "frame" and ed_index is not None and es_index is not None:
         flags += measure_flags(measures, per_frame[ed_index], limits)
+        flags += phase_consistency(frames, list(per_frame), ed_index, es_index, label_map, limits)
         if kind == "cine" and not ed_es_overridden:
             flags += flat_curve(per_frame, limits)
     flags += slice_flags(frames, limits)

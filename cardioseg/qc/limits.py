@@ -57,6 +57,16 @@ class QcLimits:
             slices. On the 16 ACDC validation patients the elongation stays below 1.5 (the LV
             spans few thick slices), so the check only speaks up for in-plane elongated
             hearts, as in long-axis views.
+        rv_contact_mm, rv_contact_min_fraction: ``rv_not_bordering_lv`` when less than 2 % of
+            the RV cavity lies within 5 mm in-plane of the myocardium in an ED/ES frame. In the
+            100 ACDC reference label maps the fraction is 5.4-69 % (median 15 % at ED, 21 % at
+            ES): the RV wraps around the septum. A blob elsewhere (the stomach) has ~0 %.
+        heart_shift_max_mm, rv_shift_max_mm: ``structure_moved_between_phases`` when the
+            centre of the LV (cavity + myocardium) moves more than 20 mm, or that of the RV more
+            than 25 mm, between ED and ES (references: at most 12.4 and 16.5 mm).
+        myo_es_ed_ratio_min, myo_es_ed_ratio_max: ``myocardium_volume_changes`` when the
+            myocardial volume at ES is outside 0.75-1.7x that at ED (references: 0.89-1.47x;
+            the muscle is nearly incompressible, its ES volume is larger in ACDC's convention).
     """
 
     ef_min_pct: float = 5.0
@@ -72,3 +82,9 @@ class QcLimits:
     lv_leak_max_fraction: float = 0.10
     long_axis_max_angle_deg: float = 60.0
     long_axis_min_elongation: float = 1.5
+    rv_contact_mm: float = 5.0
+    rv_contact_min_fraction: float = 0.02
+    heart_shift_max_mm: float = 20.0
+    rv_shift_max_mm: float = 25.0
+    myo_es_ed_ratio_min: float = 0.75
+    myo_es_ed_ratio_max: float = 1.7
