@@ -9,6 +9,8 @@ and the first variant against each other one with ``--compare`` (RUNS/eval_<a>_v
 Folds missing from any variant are left out of every variant, so comparisons stay paired.
 A variant "a+b" is the ensemble of runs a and b (``predict`` with each fold's weights of both,
 majority vote): every model in it held out the same patients, so it is scored without leakage.
+A variant "a@opt1,opt2" predicts with run a's weights and inference options (``INFERENCE``:
+``crop128``/``crop160`` two-stage crops, ``anatomy`` clean-up, ``tta`` test-time flips).
 """
 
 from __future__ import annotations
@@ -23,6 +25,24 @@ CHECKPOINTS = ("last.pt", "best.pt", "shape_ae.pt")
 
 ROOT = Path(__file__).resolve().parents[1]
 
+INFERENCE: dict[str, list[str]] = {
+    "crop128": ["--crop-px", "128"],
+    "crop160": ["--crop-px", "160"],
+    "anatomy": ["--clean-up", "anatomy"],
+    "tta": ["--tta"],
+}
+
+
+def inference_args(variant: str) -> list[str]:
+    """``cardioseg predict`` options of a variant ``run@opt1,opt2`` (none for a plain run)."""
+    _, _, opts = variant.partition("@")
+    args: list[str] = []
+    for opt in filter(None, opts.split(",")):
+        if opt not in INFERENCE:
+            raise SystemExit(f"unknown inference option {opt!r} in {variant!r}; choose from {', '.join(INFERENCE)}")
+        args += INFERENCE[opt]
+    return args
+
 
 def fold_weights(run: Path) -> dict[int, Path]:
     out = {}
@@ -35,7 +55,7 @@ def fold_weights(run: Path) -> dict[int, Path]:
 
 def variant_weights(runs: Path, variant: str) -> dict[int, list[Path]]:
     """fold -> weights of a run, or of every run of an ensemble variant "a+b" (folds they share)."""
-    parts = [fold_weights(runs / v) for v in variant.split("+")]
+    parts = [fold_weights(runs / v) for v in variant.partition("@")[0].split("+")]
     return {k: [w[k] for w in parts] for k in sorted(set.intersection(*(set(w) for w in parts)))}
 
 
@@ -62,7 +82,7 @@ def main() -> int:
             if missing:
                 models = [a for w in weights[v][k] for a in ("--weights", str(w))]
                 subprocess.run([*cli, "predict", *(str(args.data / p) for p in missing), "-o", str(pred),
-                                *models, "-q"], check=True)  # fmt: skip
+                                *models, *inference_args(v), "-q"], check=True)  # fmt: skip
         keep = {p for k in folds for p in load_weights(str(weights[v][k][0])).meta["training"]["val_patients"]}
         for f in pred.glob("*_seg.nii.gz"):  # a fold dropped since: keep the comparison paired
             if f.name.split("_")[0] not in keep:

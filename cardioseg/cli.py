@@ -77,6 +77,7 @@ def predict(
     weight_kg: Annotated[float | None, typer.Option("--weight-kg", help="Weight for BSA indexing (overrides Info.cfg).")] = None,
     no_postprocess: Annotated[bool, typer.Option("--no-postprocess", help="Skip the clean-up of the masks.")] = False,
     clean_up: Annotated[str, typer.Option("--clean-up", help="How the masks are cleaned up: " + "; ".join(f"{k}: {v}" for k, v in CLEAN_UPS.items()) + ".")] = "largest",
+    tta: Annotated[bool, typer.Option("--tta", help="Test-time augmentation: average the probabilities of the four in-plane flips (4x the network's time).")] = False,
     crop_px: Annotated[int, typer.Option("--crop-px", min=0, help="Two stages: locate the heart on a coarse grid, then segment a crop of this many model pixels around it (a multiple of 16; 0: the whole field of view).")] = 0,
     max_voxels: Annotated[int | None, typer.Option("--max-voxels", min=1, help="Refuse images with more voxels (X*Y*Z*T) than this, before reading them (default: $CARDIOSEG_MAX_VOXELS or 536870912).")] = None,
     series_uid: Annotated[str | None, typer.Option("--series-uid", help="SeriesInstanceUID to read from a DICOM folder that holds several series (the error lists them).")] = None,
@@ -106,7 +107,7 @@ def predict(
                 skip_existing=skip_existing, num_parts=num_parts, part_id=part_id,
                 on_frame=on_frame, on_result=on_result, on_start=on_start, on_note=None if quiet else console.note,
                 ensemble=ensemble.value, device=device, precision=precision, batch_size=batch_size,
-                postprocess=not no_postprocess, clean_up=clean_up, crop_px=crop_px, compile=compile_model, batch_studies=batch_studies,
+                postprocess=not no_postprocess, clean_up=clean_up, crop_px=crop_px, tta=tta, compile=compile_model, batch_studies=batch_studies,
                 myo_density_g_ml=myo_density, ed_frame=ed_frame, es_frame=es_frame, height_cm=height_cm,
                 weight_kg=weight_kg, max_voxels=max_voxels, strict=strict, overlay=overlay, series_uid=series_uid,
             )  # fmt: skip

@@ -38,6 +38,7 @@ class PredictOptions:
     batch_studies: bool | None = None  # batch mode: pool slices of several studies; None: on a GPU only
     crop_px: int = 0  # > 0: two stages, the heart located on a coarse grid, then a crop of this size around it
     clean_up: str = "largest"  # with postprocess: largest (3D component per label) | anatomy (see postprocess)
+    tta: bool = False  # test-time augmentation: mean probabilities over the 4 in-plane flips (4x the network's work)
 
 
 ENSEMBLE_MODES = ("vote", "mean")
@@ -310,7 +311,16 @@ class Predictor(_Segmenter):
         return self._probabilities([slices], slices.shape[1:])
 
     def _probabilities(self, frames: Sequence[np.ndarray], plane: tuple[int, ...]) -> np.ndarray:
-        """The frames' (S_i, H, W) slices -> their (sum S_i, C, H, W) probabilities, in order."""
+        """The frames' (S_i, H, W) slices -> their (sum S_i, C, H, W) probabilities, in order;
+        with ``options.tta`` the mean over the identity and the three in-plane flips."""
+        probs = self._forward(frames, plane)
+        if not self.options.tta:
+            return probs
+        for axes in ((-1,), (-2,), (-2, -1)):
+            probs += np.flip(self._forward([np.flip(f, axis=axes) for f in frames], plane), axis=axes)
+        return probs / 4.0
+
+    def _forward(self, frames: Sequence[np.ndarray], plane: tuple[int, ...]) -> np.ndarray:
         batches = model_batches(frames, self.input_spec, self.batch_size)
         return forward_probabilities(
             self.model, batches, self.device, self.precision == "bf16", self.label_map.num_classes, plane

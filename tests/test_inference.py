@@ -352,3 +352,21 @@ def test_gpu_labels_agree_with_the_cpu(tiny_weights, small_phantom):
     gpu = Predictor(tiny_weights, PredictOptions(device="cuda", precision="fp32")).predict(data, affine)
     assert gpu.shape == cpu.shape and gpu.dtype == np.uint8
     assert (gpu == cpu).mean() > 0.999
+
+
+def test_tta_averages_the_four_flips(tiny_weights, cine):
+    """--tta: the mean of the probabilities of the identity and the three in-plane flips, each
+    flipped back; on a left-right symmetric input it is symmetric itself."""
+    import numpy as np
+
+    plain = Predictor(tiny_weights, PredictOptions(device="cpu", precision="fp32"))
+    tta = Predictor(tiny_weights, PredictOptions(device="cpu", precision="fp32", tta=True))
+    _, slices = plain.to_model(cine[0][..., 0], cine[1])
+    expected = sum(
+        np.flip(plain.slice_probabilities(np.ascontiguousarray(np.flip(slices, axis=a))), axis=a) if a else plain.slice_probabilities(slices)
+        for a in (None, (-1,), (-2,), (-2, -1))
+    ) / 4
+    np.testing.assert_allclose(tta.slice_probabilities(slices), expected, atol=1e-5)
+    symmetric = (slices + slices[:, :, ::-1]) / 2
+    probs = tta.slice_probabilities(np.ascontiguousarray(symmetric))
+    np.testing.assert_allclose(probs, probs[:, :, :, ::-1], atol=1e-5)
