@@ -26,8 +26,9 @@ if TYPE_CHECKING:
     import numpy as np
 
     from cardioseg.batch import Study, StudyResult
+    from cardioseg.ensemble import Ensemble
     from cardioseg.evaluation import Evaluation
-    from cardioseg.inference import Ensemble, Predictor
+    from cardioseg.inference import Predictor
     from cardioseg.io import Volume
     from cardioseg.weights import LoadedWeights
 
@@ -64,7 +65,8 @@ def load_predictor(
     ``$SLURM_CPUS_PER_TASK`` or the physical cores); torch fixes its thread pool at the first
     forward pass, so this applies to the first predictor of a process.
     """
-    from cardioseg.inference import Ensemble, PredictOptions, Predictor
+    from cardioseg.ensemble import Ensemble
+    from cardioseg.inference import PredictOptions, Predictor
     from cardioseg.runtime import set_num_threads
 
     popts = PredictOptions(**_pick(options, PredictOptions, "load_predictor"))

@@ -1,6 +1,6 @@
 """The Predictor: loads a model once, owns device and precision, segments 3D frames and cines.
 
-An Ensemble does the same with several models (e.g. the 5 fold models of the DMR paper).
+An Ensemble (:mod:`cardioseg.ensemble`) does the same with several models (e.g. the 5 fold models of the DMR paper).
 
 The network's inputs follow its weights' ``InputSpec`` (``cardioseg.models.inputs``): one
 slice per sample; the neighbouring slices of the same frame as channels (stacked per frame
@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from cardioseg.errors import ConfigError, WeightsError
+from cardioseg.errors import ConfigError
 from cardioseg.geometry import ModelSpace, find_orientation
 from cardioseg.labels import LabelMap
 from cardioseg.models.inputs import InputSpec, context_indices
@@ -161,7 +161,7 @@ def check_options(options: PredictOptions) -> None:
         raise ConfigError(f"--clean-up {options.clean_up!r}: choose one of {', '.join(CLEAN_UPS)}")
 
 
-class _Segmenter:
+class SegmenterBase:
     """``predict`` for 3D frames and 4D cines on top of a subclass's ``predict_frames``.
 
     ``batch_size`` is the number of 2D slices a forward pass takes; frames are pooled up to
@@ -233,12 +233,12 @@ def crop_centre(localisation: Localisation | None) -> np.ndarray | None:
     return np.asarray(localisation.centre_world_mm, dtype=np.float64)
 
 
-def _argmax_labels(probs: np.ndarray) -> np.ndarray:
+def argmax_labels(probs: np.ndarray) -> np.ndarray:
     """(C, X, Y, Z) class scores -> (X, Y, Z) uint8 labels (ties: the lowest label)."""
     return np.ascontiguousarray(np.argmax(probs, axis=0).astype(np.uint8))
 
 
-def _clean_up(labels: np.ndarray, affine: np.ndarray, label_map: LabelMap, options: PredictOptions) -> np.ndarray:
+def clean_up_labels(labels: np.ndarray, affine: np.ndarray, label_map: LabelMap, options: PredictOptions) -> np.ndarray:
     """``options.clean_up`` (when ``options.postprocess``) on stored-space labels."""
     if not options.postprocess:
         return labels
@@ -257,7 +257,7 @@ def _clean_up(labels: np.ndarray, affine: np.ndarray, label_map: LabelMap, optio
     )
 
 
-class Predictor(_Segmenter):
+class Predictor(SegmenterBase):
     """Segments frames with one loaded network; create once, call for every input.
 
     >>> # predictor = Predictor(load_weights("unet2d-acdc")); mask = predictor.predict(volume)
@@ -357,7 +357,7 @@ class Predictor(_Segmenter):
         ``ModelSpace.probabilities_to_labels`` only where it can differ from background.
         """
         space, probs = self.model_probabilities(frame, affine, centre)
-        return _clean_up(space.probabilities_to_labels(probs), affine, self.label_map, self.options)
+        return clean_up_labels(space.probabilities_to_labels(probs), affine, self.label_map, self.options)
 
     def predict_frames(
         self, frames: Sequence[Frame], on_frame: Callable[[int], Any] | None = None, centres: Sequence[Centre] | None = None
@@ -379,71 +379,7 @@ class Predictor(_Segmenter):
         for i, ((space, slices), (_, affine)) in enumerate(zip(prepared, frames)):
             part = probs[start : start + len(slices)]
             start += len(slices)
-            out.append(_clean_up(space.probabilities_to_labels(part), affine, self.label_map, self.options))
+            out.append(clean_up_labels(space.probabilities_to_labels(part), affine, self.label_map, self.options))
             if on_frame:
                 on_frame(i)
         return out
-
-
-class Ensemble(_Segmenter):
-    """Segments frames with several networks together (DMR paper: the 5 fold models).
-
-    Every member preprocesses the frame with its own settings (grid, intensity clipping);
-    their class probabilities meet on the frame's own voxel grid and are combined by
-    ``options.ensemble``:
-
-    - ``"mean"``: the argmax of the members' mean probabilities;
-    - ``"vote"``: per voxel the label most members predict; a tie goes to the tied label
-      with the highest mean probability (then, as for argmax, to the lowest label value).
-
-    Post-processing runs once, on the combined labels. Each model is loaded once; members
-    run one after another per frame, so memory is one network's activations plus two
-    (C, X, Y, Z) arrays. N members take about N times as long as one.
-
-    >>> # ensemble = Ensemble([load_weights(p) for p in fold_paths], PredictOptions(ensemble="vote"))
-    """
-
-    def __init__(self, weights: Sequence[LoadedWeights], options: PredictOptions | None = None) -> None:
-        self.options = options or PredictOptions()
-        if self.options.ensemble not in ENSEMBLE_MODES:
-            raise ConfigError(f"--ensemble {self.options.ensemble!r}: choose {' or '.join(ENSEMBLE_MODES)}")
-        if not weights:
-            raise ConfigError("an ensemble needs at least one set of weights")
-        first = weights[0]
-        for w in weights[1:]:
-            if w.label_map.as_dict() != first.label_map.as_dict():
-                raise WeightsError(
-                    f'weights "{first.name}" ({first.path}) and "{w.name}" ({w.path}) use different label maps '
-                    f"({first.label_map.as_dict()} vs {w.label_map.as_dict()}); an ensemble needs one"
-                )
-        self.label_map = first.label_map
-        self.members = [Predictor(w, replace(self.options, postprocess=False)) for w in weights]
-        self.device = self.members[0].device
-        self.precision = self.members[0].precision
-        self.batch_size = self.members[0].batch_size
-
-    def locate(self, frame: np.ndarray, affine: np.ndarray) -> Localisation:
-        """Stage 1 with the first member (all members then segment the same crop)."""
-        return self.members[0].locate(frame, affine)
-
-    @property
-    def weights_report(self) -> dict[str, Any]:
-        """``{"name": "a+b+...", "ensemble": mode, "members": [{"name", "sha256"}, ...]}``."""
-        members = [m.weights_report for m in self.members]
-        return {"name": "+".join(m["name"] for m in members), "ensemble": self.options.ensemble, "members": members}
-
-    def predict_frame(self, frame: np.ndarray, affine: np.ndarray, centre: Centre = None) -> np.ndarray:
-        """One stored 3D frame -> uint8 labels of exactly the same shape, in the same voxel order."""
-        total = votes = np.zeros(0)  # per label (C, X, Y, Z): summed probabilities, number of votes
-        for i, member in enumerate(self.members):
-            probs = member.native_probabilities(frame, affine, centre)
-            choice = np.argmax(probs, axis=0) == np.arange(len(probs)).reshape(-1, 1, 1, 1)
-            if i == 0:
-                total, votes = probs, choice.astype(np.int32)
-            else:
-                total += probs
-                votes += choice
-        mean = total / len(self.members)
-        if self.options.ensemble == "vote":  # only the labels with the most votes compete, on their mean
-            mean = np.where(votes == votes.max(axis=0), mean, -1.0)
-        return _clean_up(_argmax_labels(mean), affine, self.label_map, self.options)

@@ -317,7 +317,8 @@ def second_weights_path(tmp_path_factory) -> Path:
 
 
 def test_predict_ensemble_mean(tmp_path, small_phantom, tiny_weights_path, second_weights_path):
-    from cardioseg.inference import Ensemble, PredictOptions
+    from cardioseg.ensemble import Ensemble
+    from cardioseg.inference import PredictOptions
     from cardioseg.weights import load_weights
 
     frame = save_nifti(tmp_path / "in" / "frame.nii.gz", small_phantom.image[..., 0], small_phantom.affine)

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from cardioseg.ensemble import Ensemble
 from cardioseg.errors import CardiosegError, ConfigError
-from cardioseg.inference import Ensemble, PredictOptions, Predictor
+from cardioseg.inference import PredictOptions, Predictor
 from cardioseg.runtime import cpu_supports_bf16, resolve_device, resolve_precision
 
 

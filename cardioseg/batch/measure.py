@@ -1,0 +1,82 @@
+"""Measuring a segmented study: volumes per frame, ED/ES, the clinical numbers, QC flags."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from cardioseg.batch.studies import Study, StudyKind, StudyOptions
+from cardioseg.clinical import FrameVolumes, clinical_measures, detect_ed_es, frame_volumes
+from cardioseg.errors import ConfigError, QcError
+from cardioseg.io import Volume
+from cardioseg.qc import Flag, study_flags
+
+if TYPE_CHECKING:
+    from cardioseg.inference import Localisation
+    from cardioseg.labels import LabelMap
+
+
+@dataclass(frozen=True)
+class Measurements:
+    """What ``measure_study`` finds: volumes per frame, ED/ES, the clinical measures, QC flags."""
+
+    per_frame: list[FrameVolumes]
+    ed_index: int | None
+    es_index: int | None
+    measures: dict[str, float | None]
+    flags: list[Flag]
+    height_cm: float | None
+    weight_kg: float | None
+
+
+def measure_study(
+    study: Study, volumes: list[Volume], masks: list[np.ndarray], label_map: LabelMap, options: StudyOptions,
+    localisation: Localisation | None = None,
+) -> Measurements:
+    """Volumes of every frame, ED/ES, the clinical measures and the QC flags of a segmented study
+    (``study.kind`` already FRAME, CINE or PAIR). Raises QcError for a flag under ``--strict``."""
+    height = options.height_cm if options.height_cm is not None else study.height_cm
+    weight = options.weight_kg if options.weight_kg is not None else study.weight_kg
+    if study.kind is StudyKind.CINE:
+        vol = volumes[0]
+        per_frame = [frame_volumes(masks[0][..., t], vol.voxel_volume_ml, label_map) for t in range(vol.n_frames)]
+    else:
+        per_frame = [frame_volumes(m, v.voxel_volume_ml, label_map) for m, v in zip(masks, volumes)]
+    ed_i, es_i, overridden = _choose_ed_es(study, per_frame, options)
+    if ed_i is None or es_i is None:
+        measures: dict[str, float | None] = {
+            "lv_ml": per_frame[0].lv_ml, "rv_ml": per_frame[0].rv_ml, "myo_ml": per_frame[0].myo_ml,
+            "myo_mass_g": per_frame[0].myo_ml * options.myo_density_g_ml,
+        }  # fmt: skip
+    else:
+        measures = clinical_measures(per_frame[ed_i], per_frame[es_i], options.myo_density_g_ml, height, weight)
+    flags = study_flags(
+        masks, volumes, per_frame, ed_i, es_i, measures, label_map, study.kind, ed_es_overridden=overridden
+    )
+    if localisation is not None and not localisation.found:
+        flags.append(Flag("heart_not_localised", "Stage 1 found no heart (LV cavity and myocardium) on the coarse "
+                          "grid, so the whole field of view was segmented: check the masks."))  # fmt: skip
+    if options.strict and flags:
+        raise QcError("quality control (--strict): " + " ".join(f.message for f in flags))
+    return Measurements(per_frame, ed_i, es_i, measures, flags, height, weight)
+
+
+def _choose_ed_es(
+    study: Study, per_frame: list[FrameVolumes], options: StudyOptions
+) -> tuple[int | None, int | None, bool]:
+    """(ED index, ES index, whether both were given rather than detected from the LV curve)."""
+    if study.kind is StudyKind.FRAME:
+        return None, None, False
+    if study.kind is StudyKind.PAIR:
+        return 0, 1, True
+    n = len(per_frame)
+    detected_ed, detected_es = detect_ed_es(per_frame)
+    ed = options.ed_frame if options.ed_frame is not None else study.ed_frame
+    es = options.es_frame if options.es_frame is not None else study.es_frame
+    for name, value in (("ED", ed), ("ES", es)):
+        if value is not None and not 0 <= value < n:
+            raise ConfigError(f"{name} frame {value} is outside the cine's frames 0..{n - 1}")
+    overridden = ed is not None and es is not None
+    return (detected_ed if ed is None else ed), (detected_es if es is None else es), overridden
