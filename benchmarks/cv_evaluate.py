@@ -64,6 +64,7 @@ def main() -> int:
     ap.add_argument("runs", type=Path)
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "acdc")
     ap.add_argument("--variants", nargs="+", default=["unet", "dmr"])
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads of each cardioseg predict (0: its default)")
     args = ap.parse_args()
     if not args.data.is_dir():
         print(f"no ACDC data at {args.data}")
@@ -82,7 +83,7 @@ def main() -> int:
             if missing:
                 models = [a for w in weights[v][k] for a in ("--weights", str(w))]
                 subprocess.run([*cli, "predict", *(str(args.data / p) for p in missing), "-o", str(pred),
-                                *models, *inference_args(v), "-q"], check=True)  # fmt: skip
+                                *models, *inference_args(v), "--threads", str(args.threads), "-q"], check=True)  # fmt: skip
         keep = {p for k in folds for p in load_weights(str(weights[v][k][0])).meta["training"]["val_patients"]}
         for f in pred.glob("*_seg.nii.gz"):  # a fold dropped since: keep the comparison paired
             if f.name.split("_")[0] not in keep:

@@ -172,6 +172,9 @@ def train(
     epochs: Annotated[int, typer.Option("--epochs", min=1)] = 100,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Slices per batch (frames for unet3d).")] = 15,
     crop_px: Annotated[int, typer.Option("--crop-px", min=16, help="Training crop (multiple of 16).")] = 160,
+    scale_min: Annotated[float, typer.Option("--scale-min", help="Smallest random scale of a crop (below 1: more field of view at coarser pixels).")] = 0.8,
+    scale_max: Annotated[float, typer.Option("--scale-max", help="Largest random scale of a crop.")] = 1.2,
+    intensity_aug: Annotated[float, typer.Option("--intensity-aug", min=0.0, max=1.0, help="Probability of each of gamma, contrast, bias field, blur and low-resolution simulation per crop (other scanners; 0: off).")] = 0.0,
     base_width: Annotated[int, typer.Option("--base-width", min=1, help="Channels at full resolution.")] = 16,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     threads: Annotated[int, typer.Option("--threads", min=0, help="Torch CPU threads (0: torch's default).")] = 0,
@@ -194,7 +197,7 @@ def train(
         cache=str(cache), out=str(out), arch=arch, context_slices=context_slices,
         dmr=dmr, base_width=base_width, loss=loss,
         weighting=weighting, dm_weight=dm_weight, optimizer=optimizer, lr=lr, epochs=epochs,
-        batch_size=batch_size, crop_px=crop_px, fold=fold, seed=seed, threads=threads, name=name,
+        batch_size=batch_size, crop_px=crop_px, scale_min=scale_min, scale_max=scale_max, intensity_aug=intensity_aug, fold=fold, seed=seed, threads=threads, name=name,
         regularizer=regularizer, reg_weight=reg_weight, position_weight=position_weight, shape_epochs=shape_epochs,
     )  # fmt: skip
     try:

@@ -127,6 +127,9 @@ class TrainConfig:
     epochs: int = 100
     batch_size: int = 15  # slices; frames (volumes) for a 3D network
     crop_px: int = 160  # training crop of the cache's fov (random position near the heart)
+    scale_min: float = 0.8  # random isotropic scale of each crop (DMR paper: 0.8-1.2)
+    scale_max: float = 1.2
+    intensity_aug: float = 0.0  # > 0: gamma/contrast/bias field/blur/low resolution, each with this probability
     fold: int = 0  # the held-out validation fold
     n_folds: int = 5
     seed: int = 0
@@ -178,6 +181,10 @@ class TrainConfig:
             raise ConfigError(f"--fold must be in 0..{self.n_folds - 1}, got {self.fold}")
         if self.crop_px % 16:
             raise ConfigError(f"--crop-px must be a multiple of 16, got {self.crop_px}")
+        if not 0 < self.scale_min <= self.scale_max:
+            raise ConfigError(f"--scale-min/--scale-max must satisfy 0 < min <= max, got {self.scale_min}, {self.scale_max}")
+        if not 0 <= self.intensity_aug <= 1:
+            raise ConfigError(f"--intensity-aug is a probability in [0, 1], got {self.intensity_aug}")
         if self.shape_epochs < 1:
             raise ConfigError(f"--shape-epochs must be at least 1, got {self.shape_epochs}")
         self.input_spec()  # --context-slices: odd, and 1 for a 3D network

@@ -23,7 +23,7 @@ from cardioseg.errors import ConfigError
 from cardioseg.models import build_model
 from cardioseg.models.regularizers import Discriminator
 from cardioseg.train import validation
-from cardioseg.train.augment import FAR_FRACTION, FAR_MARGIN_PX, augment_batch, jitter_centres
+from cardioseg.train.augment import FAR_FRACTION, FAR_MARGIN_PX, augment_batch, intensity_augment, jitter_centres
 from cardioseg.train.callbacks import Callbacks, TrainCallbacks
 from cardioseg.train.config import (
     LOG_COLUMNS,
@@ -235,18 +235,26 @@ class Trainer:
         if d.spec.dims == 3:  # (B, D, H, W) frames, padded in z; the net takes (B, 1, D, H, W)
             frames = cast(list[np.ndarray], d.samples)
             img, lab, dm, valid = volume_batch(frames, idx, d.images, d.labels, d.distmaps, d.truncation_px)
-            batch = augment_batch(img, lab, centres, cfg.crop_px, rng, dm, d.truncation_px)
-            x = batch[0][:, None].to(device)
+            batch = augment_batch(img, lab, centres, cfg.crop_px, rng, dm, d.truncation_px, self.scales)
+            x = self._intensity(batch[0], rng)[:, None].to(device)
             pos = torch.zeros(len(idx), device=device)  # no slice positions (no 3D regulariser)
         else:  # (B, context_slices, H, W) neighbour stacks of the centre slices idx
             stacks = cast(np.ndarray, d.samples)
             batch = augment_batch(d.images[stacks[idx]], d.labels[idx], centres, cfg.crop_px, rng,
-                                  d.distmaps[idx] if d.distmaps is not None else None, d.truncation_px)  # fmt: skip
-            x = batch[0].to(device).contiguous(memory_format=torch.channels_last)
+                                  d.distmaps[idx] if d.distmaps is not None else None, d.truncation_px, self.scales)  # fmt: skip
+            x = self._intensity(batch[0], rng).to(device).contiguous(memory_format=torch.channels_last)
             pos = d.positions[idx].to(device)
         y = batch[1].to(device)
         dmaps = batch[2].to(device) if d.distmaps is not None else None
         return x, y, dmaps, pos, valid
+
+    @property
+    def scales(self) -> tuple[float, float]:
+        return (self.cfg.scale_min, self.cfg.scale_max)
+
+    def _intensity(self, images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """``cfg.intensity_aug`` > 0: :func:`intensity_augment` (no random draws otherwise)."""
+        return intensity_augment(images, rng, self.cfg.intensity_aug) if self.cfg.intensity_aug > 0 else images
 
     def _discriminator_step(self, y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """The GAN discriminator's step: references real, segmentations fake. Returns its loss."""

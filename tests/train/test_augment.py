@@ -119,3 +119,55 @@ def test_jitter_draws_in_a_fixed_order() -> None:
     expected[1] = rng.uniform(16, 48, (1, 2))
     expected[[0, 2, 3]] += rng.uniform(-8, 8, (3, 2))
     assert np.array_equal(jitter_centres(centres, 64, 32, np.random.default_rng(5)), expected)
+
+
+def test_intensity_augment_off_changes_nothing_and_on_keeps_shapes_and_channels_together():
+    import numpy as np
+    import torch
+
+    from cardioseg.train.augment import intensity_augment
+
+    images = torch.randn(6, 3, 32, 32)
+    same = intensity_augment(images, np.random.default_rng(0), p=0.0)
+    assert torch.equal(same, images) and same is not images
+    out = intensity_augment(images, np.random.default_rng(0), p=1.0)
+    assert out.shape == images.shape and torch.isfinite(out).all() and not torch.equal(out, images)
+    # the channels of a sample (neighbouring slices) get the same transform: equal inputs stay equal
+    stack = images[:, :1].repeat(1, 3, 1, 1)
+    out = intensity_augment(stack, np.random.default_rng(1), p=1.0)
+    assert torch.allclose(out[:, 0], out[:, 1]) and torch.allclose(out[:, 0], out[:, 2])
+    again = intensity_augment(stack, np.random.default_rng(1), p=1.0)
+    assert torch.equal(out, again)  # seeded: reproducible
+
+
+def test_gaussian_blur_keeps_a_constant_and_spreads_a_point():
+    import torch
+
+    from cardioseg.train.augment import _gaussian_blur
+
+    flat = torch.full((1, 9, 9), 2.0)
+    assert torch.allclose(_gaussian_blur(flat, 1.0), flat)
+    point = torch.zeros(1, 15, 15)
+    point[0, 7, 7] = 1.0
+    blurred = _gaussian_blur(point, 1.0)
+    assert abs(float(blurred.sum()) - 1.0) < 1e-5 and float(blurred[0, 7, 7]) < 0.2
+    assert torch.allclose(blurred, blurred.flip(-1)) and torch.allclose(blurred, blurred.transpose(-1, -2))
+
+
+def test_scale_range_changes_how_much_of_the_image_a_crop_sees():
+    import numpy as np
+    import torch
+
+    from cardioseg.train.augment import augment_batch
+
+    labels = torch.zeros(1, 64, 64, dtype=torch.long)
+    labels[0, 24:40, 24:40] = 1  # a 16 px square
+    images = labels[:, None].float()
+    centre = np.array([[31.5, 31.5]])
+    def covered(scale: float) -> float:
+        out = augment_batch(images, labels, centre, 32, np.random.default_rng(0), scale_range=(scale, scale))[1]
+        return float(out.float().mean())
+
+    # the same rotation each time (same seed): the square's share of the crop grows as scale^2
+    half, one, double = covered(0.5), covered(1.0), covered(2.0)
+    assert abs(half - 0.0625) < 0.02 and abs(one - 0.25) < 0.04 and double > 0.5  # (8, 16, 32 px)^2 of 32^2
