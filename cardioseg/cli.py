@@ -15,7 +15,7 @@ import typer
 
 from cardioseg._version import __version__
 from cardioseg.errors import CardiosegError
-from cardioseg.runtime import CLEAN_UPS
+from cardioseg.runtime import CLEAN_UPS, DEFAULT_CLEAN_UP, DEFAULT_CROP_PX
 from cardioseg.train import ARCHES, LOSSES, OPTIMIZERS, REGULARIZERS, WEIGHTINGS, describe_choices
 
 app = typer.Typer(
@@ -76,9 +76,9 @@ def predict(
     height_cm: Annotated[float | None, typer.Option("--height-cm", help="Height for BSA indexing (overrides Info.cfg).")] = None,
     weight_kg: Annotated[float | None, typer.Option("--weight-kg", help="Weight for BSA indexing (overrides Info.cfg).")] = None,
     no_postprocess: Annotated[bool, typer.Option("--no-postprocess", help="Skip the clean-up of the masks.")] = False,
-    clean_up: Annotated[str, typer.Option("--clean-up", help="How the masks are cleaned up: " + "; ".join(f"{k}: {v}" for k, v in CLEAN_UPS.items()) + ".")] = "largest",
+    clean_up: Annotated[str, typer.Option("--clean-up", help="How the masks are cleaned up: " + "; ".join(f"{k}: {v}" for k, v in CLEAN_UPS.items()) + ".")] = DEFAULT_CLEAN_UP,
     tta: Annotated[bool, typer.Option("--tta", help="Test-time augmentation: average the probabilities of the four in-plane flips (4x the network's time).")] = False,
-    crop_px: Annotated[int, typer.Option("--crop-px", min=0, help="Two stages: locate the heart on a coarse grid, then segment a crop of this many model pixels around it (a multiple of 16; 0: the whole field of view).")] = 0,
+    crop_px: Annotated[int, typer.Option("--crop-px", min=0, help="Two stages: locate the heart on a coarse grid, then segment a crop of this many model pixels around it (a multiple of 16; 0: the whole field of view).")] = DEFAULT_CROP_PX,
     max_voxels: Annotated[int | None, typer.Option("--max-voxels", min=1, help="Refuse images with more voxels (X*Y*Z*T) than this, before reading them (default: $CARDIOSEG_MAX_VOXELS or 536870912).")] = None,
     series_uid: Annotated[str | None, typer.Option("--series-uid", help="SeriesInstanceUID to read from a DICOM folder that holds several series (the error lists them).")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Treat any quality-control flag as an error: the study gets exit code 1 and no outputs.")] = False,

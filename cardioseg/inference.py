@@ -22,7 +22,15 @@ from cardioseg.labels import LabelMap
 from cardioseg.models.inputs import InputSpec, context_indices
 from cardioseg.postprocess import anatomical_clean_up, keep_largest_components
 from cardioseg.preprocess import image_to_model
-from cardioseg.runtime import CLEAN_UPS, CPU_BATCH_SIZE, resolve_batch_size, resolve_device, resolve_precision
+from cardioseg.runtime import (
+    CLEAN_UPS,
+    CPU_BATCH_SIZE,
+    DEFAULT_CLEAN_UP,
+    DEFAULT_CROP_PX,
+    resolve_batch_size,
+    resolve_device,
+    resolve_precision,
+)
 from cardioseg.weights import LoadedWeights
 
 
@@ -36,8 +44,8 @@ class PredictOptions:
     ensemble: str = "vote"  # vote | mean: how an Ensemble combines its members (see Ensemble)
     compile: bool = False  # torch.compile the network (pays off on a GPU for long batches)
     batch_studies: bool | None = None  # batch mode: pool slices of several studies; None: on a GPU only
-    crop_px: int = 0  # > 0: two stages, the heart located on a coarse grid, then a crop of this size around it
-    clean_up: str = "largest"  # with postprocess: largest (3D component per label) | anatomy (see postprocess)
+    crop_px: int = DEFAULT_CROP_PX  # > 0: two stages, the heart located on a coarse grid, then a crop of this size around it
+    clean_up: str = DEFAULT_CLEAN_UP  # with postprocess: largest (3D component per label) | anatomy (see postprocess)
     tta: bool = False  # test-time augmentation: mean probabilities over the 4 in-plane flips (4x the network's work)
 
 
