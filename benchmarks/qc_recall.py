@@ -55,7 +55,7 @@ def summary(runs: Path, variant: str, threshold: float) -> list[str]:
     false = [s for s in good if flags[s]]
     codes_gross = Counter(c for s in gross for c in flags[s])
     codes_good = Counter(c for s in good for c in flags[s])
-    pct = lambda a, b: f"{100 * a / b:.0f} %" if b else "–"  # noqa: E731
+    pct = lambda a, b: f"{100 * a / b:.0f} %" if b else "–"
     lines = [
         f"### {variant}",
         "",

@@ -1,0 +1,76 @@
+"""Seconds per frame of the segmentation options on real ACDC frames, in one process.
+
+    python benchmarks/crop_speed.py [--data ../shared/data/acdc] [--patients 10] [--threads 2] [--out FILE.json]
+
+For each variant (full field; ``--crop-px 160``/``128``, which add stage 1 on the coarse grid;
+``--tta``) the shipped default network segments the ED and ES frames of the first N patients
+(``Predictor.predict`` on arrays already read: network, resampling and clean-up, no file I/O),
+best of two passes after a warm-up frame. Prints one line per variant with the CPU class.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS: dict[str, dict[str, object]] = {
+    "full field": {},
+    "crop 160": {"crop_px": 160},
+    "crop 128": {"crop_px": 128},
+    "full field + tta": {"tta": True},
+}
+
+
+def cpu_class() -> str:
+    flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").is_file() else []
+    if "amx_bf16" in flags:
+        return "AMX"
+    if "avx512_bf16" in flags:
+        return "AVX-512-BF16"
+    if "avx512f" in flags:
+        return "AVX-512"
+    if "avx2" in flags:
+        return "AVX2"
+    return "other"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "acdc")
+    ap.add_argument("--patients", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    if not args.data.is_dir():
+        print(f"no ACDC data at {args.data}")
+        return 0
+    import cardioseg
+    from cardioseg.io import read_patient_folder
+
+    frames = []
+    for folder in sorted(args.data.glob("patient*"))[: args.patients]:
+        f = read_patient_folder(folder)
+        frames += [cardioseg.read_volume(p) for p in (f.ed_path, f.es_path) if p is not None]
+    results = {}
+    for name, options in VARIANTS.items():
+        predictor = cardioseg.load_predictor(None, threads=args.threads, device="cpu", **options)
+        predictor.predict(frames[0].data, frames[0].affine)  # warm-up
+        best = float("inf")
+        for _ in range(2):
+            t0 = time.perf_counter()
+            for v in frames:
+                predictor.predict(v.data, v.affine)
+            best = min(best, (time.perf_counter() - t0) / len(frames))
+        results[name] = {"s_per_frame": round(best, 4), "precision": predictor.precision}
+        print(f"{name:18s} {best:.3f} s/frame ({predictor.precision}, {args.threads} threads, {cpu_class()} CPU)", flush=True)
+    if args.out:
+        args.out.write_text(json.dumps({"cpu_class": cpu_class(), "frames": len(frames), "results": results}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
