@@ -21,7 +21,7 @@ from cardioseg.geometry import ModelSpace, find_orientation
 from cardioseg.labels import LabelMap
 from cardioseg.models.inputs import InputSpec, context_indices
 from cardioseg.postprocess import anatomical_clean_up, keep_largest_components
-from cardioseg.preprocess import image_to_model
+from cardioseg.preprocess import PreprocessConfig, image_to_model
 from cardioseg.runtime import (
     CLEAN_UPS,
     CPU_BATCH_SIZE,
@@ -46,7 +46,7 @@ class PredictOptions:
     batch_studies: bool | None = None  # batch mode: pool slices of several studies; None: on a GPU only
     crop_px: int = DEFAULT_CROP_PX  # > 0: two stages, the heart located on a coarse grid, then a crop of this size around it
     clean_up: str = DEFAULT_CLEAN_UP  # with postprocess: largest (3D component per label) | anatomy (see postprocess)
-    tta: bool = False  # test-time augmentation: mean probabilities over the 4 in-plane flips (4x the network's work)
+    tta: bool = False  # test-time augmentation: mean probabilities over 0/90/180/270 deg in-plane rotations (4x the work)
 
 
 ENSEMBLE_MODES = ("vote", "mean")
@@ -57,7 +57,8 @@ LOCATE_MIN_HEART_MM2 = 500.0
 @dataclass(frozen=True)
 class Localisation:
     """Where stage 1 found the heart: the centroid of the largest 3D LV cavity + myocardium
-    component on a coarse grid (twice the model's pixel size, the same field of view)."""
+    component on a coarse grid (twice the model's pixel size, the same field of view; the
+    model's own grid when the coarse one finds none)."""
 
     centre_world_mm: tuple[float, float, float] | None  # None: no heart found (the full field is used)
     heart_area_mm2: float  # in-plane area of that component, summed over slices
@@ -291,10 +292,16 @@ class Predictor(SegmenterBase):
 
     def locate(self, frame: np.ndarray, affine: np.ndarray) -> Localisation:
         """Stage 1: the network on a grid of twice the pixel size (same field of view) of one
-        stored 3D frame; the centroid of the largest 3D LV cavity + myocardium component."""
+        stored 3D frame; the centroid of the largest 3D LV cavity + myocardium component. When
+        the coarse grid finds no heart, the model's own grid is tried (the full field)."""
+        coarse = replace(self.config, spacing_mm=2 * self.config.spacing_mm, fov_px=max(16, self.config.fov_px // 2))
+        found = self._locate_on(frame, affine, coarse)
+        return found if found.found else self._locate_on(frame, affine, self.config)
+
+    def _locate_on(self, frame: np.ndarray, affine: np.ndarray, grid: PreprocessConfig) -> Localisation:
         from scipy import ndimage
 
-        coarse = replace(self.config, spacing_mm=2 * self.config.spacing_mm, fov_px=max(16, self.config.fov_px // 2))
+        coarse = grid
         space, slices = image_to_model(frame, affine, coarse)
         labels = np.argmax(self.slice_probabilities(slices), axis=1)  # (S, fov, fov)
         heart = np.isin(labels, (self.label_map.lv, self.label_map.myo))
@@ -320,12 +327,15 @@ class Predictor(SegmenterBase):
 
     def _probabilities(self, frames: Sequence[np.ndarray], plane: tuple[int, ...]) -> np.ndarray:
         """The frames' (S_i, H, W) slices -> their (sum S_i, C, H, W) probabilities, in order;
-        with ``options.tta`` the mean over the identity and the three in-plane flips."""
+        with ``options.tta`` the mean over in-plane rotations by 0, 90, 180 and 270 degrees, each
+        rotated back. (Rotations, not mirror flips: training rotates by any angle but never
+        mirrors, and a mirrored heart, its RV on the wrong side, is not one the network knows.)"""
         probs = self._forward(frames, plane)
         if not self.options.tta:
             return probs
-        for axes in ((-1,), (-2,), (-2, -1)):
-            probs += np.flip(self._forward([np.flip(f, axis=axes) for f in frames], plane), axis=axes)
+        for k in (1, 2, 3):
+            turned = [np.ascontiguousarray(np.rot90(f, k, axes=(-2, -1))) for f in frames]
+            probs += np.rot90(self._forward(turned, plane[::-1] if k % 2 else plane), -k, axes=(-2, -1))
         return probs / 4.0
 
     def _forward(self, frames: Sequence[np.ndarray], plane: tuple[int, ...]) -> np.ndarray:

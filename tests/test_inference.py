@@ -355,19 +355,20 @@ def test_gpu_labels_agree_with_the_cpu(tiny_weights, small_phantom):
     assert (gpu == cpu).mean() > 0.999
 
 
-def test_tta_averages_the_four_flips(tiny_weights, cine):
-    """--tta: the mean of the probabilities of the identity and the three in-plane flips, each
-    flipped back; on a left-right symmetric input it is symmetric itself."""
+def test_tta_averages_the_four_rotations(tiny_weights, cine):
+    """--tta: the mean of the probabilities of the slices turned by 0, 90, 180 and 270 degrees,
+    each turned back; on an input with that symmetry it has the symmetry itself."""
     import numpy as np
 
     plain = Predictor(tiny_weights, PredictOptions(device="cpu", precision="fp32"))
     tta = Predictor(tiny_weights, PredictOptions(device="cpu", precision="fp32", tta=True))
     _, slices = plain.to_model(cine[0][..., 0], cine[1])
-    expected = sum(
-        np.flip(plain.slice_probabilities(np.ascontiguousarray(np.flip(slices, axis=a))), axis=a) if a else plain.slice_probabilities(slices)
-        for a in (None, (-1,), (-2,), (-2, -1))
-    ) / 4
+
+    def turned(k):
+        return np.rot90(plain.slice_probabilities(np.ascontiguousarray(np.rot90(slices, k, axes=(1, 2)))), -k, axes=(2, 3))
+
+    expected = sum(turned(k) for k in range(4)) / 4
     np.testing.assert_allclose(tta.slice_probabilities(slices), expected, atol=1e-5)
-    symmetric = (slices + slices[:, :, ::-1]) / 2
+    symmetric = sum(np.rot90(slices, k, axes=(1, 2)) for k in range(4)) / 4
     probs = tta.slice_probabilities(np.ascontiguousarray(symmetric))
-    np.testing.assert_allclose(probs, probs[:, :, :, ::-1], atol=1e-5)
+    np.testing.assert_allclose(probs, np.rot90(probs, 1, axes=(2, 3)), atol=1e-5)

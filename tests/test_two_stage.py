@@ -93,3 +93,16 @@ def test_the_shipped_network_finds_the_phantom_heart() -> None:
     assert found.found and found.heart_area_mm2 > 5000
     in_plane = np.asarray(found.centre_world_mm)[:2] - truth[:2]
     assert np.linalg.norm(in_plane) < 10.0, (found, truth)
+
+
+def test_stage_1_tries_the_model_grid_when_the_coarse_one_finds_no_heart(tiny_weights, small_phantom, monkeypatch) -> None:
+    predictor = Predictor(tiny_weights, PredictOptions(device="cpu", crop_px=32))
+    grids: list[int] = []
+
+    def locate_on(frame, affine, grid):
+        grids.append(grid.fov_px)
+        return Localisation((1.0, 2.0, 3.0), 900.0) if grid.fov_px == predictor.config.fov_px else Localisation(None, 10.0)
+
+    monkeypatch.setattr(predictor, "_locate_on", locate_on)
+    found = predictor.locate(small_phantom.image[..., 0], small_phantom.affine)
+    assert grids == [predictor.config.fov_px // 2, predictor.config.fov_px] and found.centre_world_mm == (1.0, 2.0, 3.0)
