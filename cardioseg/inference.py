@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from cardioseg.errors import ConfigError
+from cardioseg.errors import ConfigError, WeightsError
 from cardioseg.geometry import ModelSpace, find_orientation
 from cardioseg.labels import LabelMap
 from cardioseg.models.inputs import InputSpec, context_indices
@@ -44,7 +44,8 @@ class PredictOptions:
     ensemble: str = "vote"  # vote | mean: how an Ensemble combines its members (see Ensemble)
     compile: bool = False  # torch.compile the network (pays off on a GPU for long batches)
     batch_studies: bool | None = None  # batch mode: pool slices of several studies; None: on a GPU only
-    crop_px: int = DEFAULT_CROP_PX  # > 0: two stages, the heart located on a coarse grid, then a crop of this size around it
+    crop_px: int | None = DEFAULT_CROP_PX  # > 0: two stages, the heart located on a coarse grid, then a crop of this
+    # size around it; 0: the whole field in one stage; None: what the weights recommend (their "inference" entry)
     clean_up: str = DEFAULT_CLEAN_UP  # with postprocess: largest (3D component per label) | anatomy (see postprocess)
     tta: bool = False  # test-time augmentation: mean probabilities over 0/90/180/270 deg in-plane rotations (4x the work)
 
@@ -164,10 +165,20 @@ def forward_probabilities(
 
 def check_options(options: PredictOptions) -> None:
     """One-line errors for options no predictor can follow."""
-    if options.crop_px < 0 or options.crop_px % 16:
+    if options.crop_px is not None and (options.crop_px < 0 or options.crop_px % 16):
         raise ConfigError(f"--crop-px must be 0 (the full field) or a positive multiple of 16, got {options.crop_px}")
     if options.clean_up not in CLEAN_UPS:
         raise ConfigError(f"--clean-up {options.clean_up!r}: choose one of {', '.join(CLEAN_UPS)}")
+
+
+def resolve_crop_px(requested: int | None, weights: LoadedWeights) -> int:
+    """``--crop-px`` (None: the weights' recommendation, ``meta["inference"]["crop_px"]``, else 0)."""
+    if requested is not None:
+        return int(requested)
+    recommended = (weights.meta.get("inference") or {}).get("crop_px", 0)
+    if not isinstance(recommended, int) or recommended < 0 or recommended % 16:
+        raise WeightsError(f'"{weights.path}": unusable inference crop {recommended!r} (a multiple of 16 expected)')
+    return recommended
 
 
 class SegmenterBase:
@@ -179,6 +190,7 @@ class SegmenterBase:
 
     batch_size: int = CPU_BATCH_SIZE
     options: PredictOptions
+    crop_px: int = 0  # resolved: 0 (one stage, the whole field) or the crop of stage 2
 
     def predict_frame(self, frame: np.ndarray, affine: np.ndarray, centre: Centre = None) -> np.ndarray:
         raise NotImplementedError
@@ -189,7 +201,7 @@ class SegmenterBase:
     def localise(self, data: np.ndarray, affine: np.ndarray) -> Localisation | None:
         """Stage 1 for a frame or a cine (its first frame: the heart does not move between
         frames), or None when the options ask for no crop."""
-        if self.options.crop_px <= 0:
+        if self.crop_px <= 0:
             return None
         return self.locate(data if data.ndim == 3 else data[..., 0], affine)
 
@@ -289,6 +301,7 @@ class Predictor(SegmenterBase):
         self.config = weights.preprocess
         self.label_map = weights.label_map
         check_options(self.options)
+        self.crop_px = resolve_crop_px(self.options.crop_px, weights)
 
     def locate(self, frame: np.ndarray, affine: np.ndarray) -> Localisation:
         """Stage 1: the network on a grid of twice the pixel size (same field of view) of one
@@ -352,9 +365,9 @@ class Predictor(SegmenterBase):
     def to_model(self, frame: np.ndarray, affine: np.ndarray, centre: Centre = None) -> tuple[ModelSpace, np.ndarray]:
         """One stored 3D frame -> (its ModelSpace, (S, fov, fov) normalised model-space slices);
         with ``centre`` and ``options.crop_px``, a ``crop_px`` grid centred there."""
-        if centre is None or self.options.crop_px <= 0:
+        if centre is None or self.crop_px <= 0:
             return image_to_model(frame, affine, self.config)
-        return image_to_model(frame, affine, replace(self.config, fov_px=self.options.crop_px), centre)
+        return image_to_model(frame, affine, replace(self.config, fov_px=self.crop_px), centre)
 
     def model_probabilities(
         self, frame: np.ndarray, affine: np.ndarray, centre: Centre = None

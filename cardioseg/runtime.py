@@ -135,5 +135,5 @@ CLEAN_UPS: dict[str, str] = {
 }
 DEFAULT_CLEAN_UP = "largest"
 """The clean-up ``cardioseg predict`` and :class:`cardioseg.inference.PredictOptions` use by default."""
-DEFAULT_CROP_PX = 0
-"""The default of ``--crop-px`` (0: the whole field of view in one stage)."""
+DEFAULT_CROP_PX: int | None = None
+"""The default of ``--crop-px``: None, what the weights recommend (0: the whole field of view in one stage)."""

@@ -106,3 +106,16 @@ def test_stage_1_tries_the_model_grid_when_the_coarse_one_finds_no_heart(tiny_we
     monkeypatch.setattr(predictor, "_locate_on", locate_on)
     found = predictor.locate(small_phantom.image[..., 0], small_phantom.affine)
     assert grids == [predictor.config.fov_px // 2, predictor.config.fov_px] and found.centre_world_mm == (1.0, 2.0, 3.0)
+
+
+def test_the_crop_comes_from_the_weights_unless_given(tiny_weights) -> None:
+    from dataclasses import replace
+
+    from cardioseg.errors import WeightsError
+
+    recommending = replace(tiny_weights, meta={**tiny_weights.meta, "inference": {"crop_px": 32}})
+    assert Predictor(recommending, PredictOptions(device="cpu")).crop_px == 32
+    assert Predictor(recommending, PredictOptions(device="cpu", crop_px=0)).crop_px == 0
+    assert Predictor(tiny_weights, PredictOptions(device="cpu")).crop_px == 0  # weights without a recommendation
+    with pytest.raises(WeightsError, match="unusable inference crop"):
+        Predictor(replace(tiny_weights, meta={"inference": {"crop_px": 30}}), PredictOptions(device="cpu"))

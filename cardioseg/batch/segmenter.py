@@ -35,6 +35,9 @@ class Segmenter(Protocol):
     def options(self) -> PredictOptions: ...
 
     @property
+    def crop_px(self) -> int: ...  # 0: the whole field in one stage; else stage 2's crop (model pixels)
+
+    @property
     def weights_report(self) -> dict[str, Any]: ...
 
     def localise(self, data: np.ndarray, affine: np.ndarray) -> Localisation | None:
