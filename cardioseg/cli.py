@@ -77,7 +77,7 @@ def predict(
     weight_kg: Annotated[float | None, typer.Option("--weight-kg", help="Weight for BSA indexing (overrides Info.cfg).")] = None,
     no_postprocess: Annotated[bool, typer.Option("--no-postprocess", help="Skip the clean-up of the masks.")] = False,
     clean_up: Annotated[str, typer.Option("--clean-up", help="How the masks are cleaned up: " + "; ".join(f"{k}: {v}" for k, v in CLEAN_UPS.items()) + ".")] = DEFAULT_CLEAN_UP,
-    tta: Annotated[bool, typer.Option("--tta", help="Test-time augmentation: average the probabilities of the in-plane rotations by 0, 90, 180 and 270 degrees (4x the network's time).")] = False,
+    tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="Test-time augmentation: average the probabilities of the in-plane rotations by 0, 90, 180 and 270 degrees (4x the network's time; default: what the weights recommend).", show_default=False)] = None,
     crop_px: Annotated[int | None, typer.Option("--crop-px", min=0, help="Two stages: locate the heart on a coarse grid, then segment a crop of this many model pixels around it (a multiple of 16; 0: the whole field of view in one stage; default: what the weights recommend).", show_default=False)] = DEFAULT_CROP_PX,
     max_voxels: Annotated[int | None, typer.Option("--max-voxels", min=1, help="Refuse images with more voxels (X*Y*Z*T) than this, before reading them (default: $CARDIOSEG_MAX_VOXELS or 536870912).")] = None,
     series_uid: Annotated[str | None, typer.Option("--series-uid", help="SeriesInstanceUID to read from a DICOM folder that holds several series (the error lists them).")] = None,

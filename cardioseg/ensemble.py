@@ -19,6 +19,7 @@ from cardioseg.inference import (
     argmax_labels,
     clean_up_labels,
     resolve_crop_px,
+    resolve_tta,
 )
 from cardioseg.weights import LoadedWeights
 
@@ -55,8 +56,9 @@ class Ensemble(SegmenterBase):
                     f"({first.label_map.as_dict()} vs {w.label_map.as_dict()}); an ensemble needs one"
                 )
         self.label_map = first.label_map
-        crop = resolve_crop_px(self.options.crop_px, first)  # the first member's recommendation for all
-        self.members = [Predictor(w, replace(self.options, postprocess=False, crop_px=crop)) for w in weights]
+        crop = resolve_crop_px(self.options.crop_px, first)  # the first member's recommendations for all
+        self.tta = resolve_tta(self.options.tta, first)
+        self.members = [Predictor(w, replace(self.options, postprocess=False, crop_px=crop, tta=self.tta)) for w in weights]
         self.crop_px = crop
         self.device = self.members[0].device
         self.precision = self.members[0].precision

@@ -47,7 +47,8 @@ class PredictOptions:
     crop_px: int | None = DEFAULT_CROP_PX  # > 0: two stages, the heart located on a coarse grid, then a crop of this
     # size around it; 0: the whole field in one stage; None: what the weights recommend (their "inference" entry)
     clean_up: str = DEFAULT_CLEAN_UP  # with postprocess: largest (3D component per label) | anatomy (see postprocess)
-    tta: bool = False  # test-time augmentation: mean probabilities over 0/90/180/270 deg in-plane rotations (4x the work)
+    tta: bool | None = None  # test-time augmentation: mean probabilities over 0/90/180/270 deg in-plane rotations
+    # (4x the network's work); None: what the weights recommend
 
 
 ENSEMBLE_MODES = ("vote", "mean")
@@ -181,6 +182,16 @@ def resolve_crop_px(requested: int | None, weights: LoadedWeights) -> int:
     return recommended
 
 
+def resolve_tta(requested: bool | None, weights: LoadedWeights) -> bool:
+    """``--tta/--no-tta`` (None: the weights' recommendation, ``meta["inference"]["tta"]``, else off)."""
+    if requested is not None:
+        return bool(requested)
+    recommended = (weights.meta.get("inference") or {}).get("tta", False)
+    if not isinstance(recommended, bool):
+        raise WeightsError(f'"{weights.path}": unusable inference tta {recommended!r} (true or false expected)')
+    return recommended
+
+
 class SegmenterBase:
     """``predict`` for 3D frames and 4D cines on top of a subclass's ``predict_frames``.
 
@@ -191,6 +202,7 @@ class SegmenterBase:
     batch_size: int = CPU_BATCH_SIZE
     options: PredictOptions
     crop_px: int = 0  # resolved: 0 (one stage, the whole field) or the crop of stage 2
+    tta: bool = False  # resolved: test-time rotations on or off
 
     def predict_frame(self, frame: np.ndarray, affine: np.ndarray, centre: Centre = None) -> np.ndarray:
         raise NotImplementedError
@@ -302,6 +314,7 @@ class Predictor(SegmenterBase):
         self.label_map = weights.label_map
         check_options(self.options)
         self.crop_px = resolve_crop_px(self.options.crop_px, weights)
+        self.tta = resolve_tta(self.options.tta, weights)
 
     def locate(self, frame: np.ndarray, affine: np.ndarray) -> Localisation:
         """Stage 1: the network on a grid of twice the pixel size (same field of view) of one
@@ -344,7 +357,7 @@ class Predictor(SegmenterBase):
         rotated back. (Rotations, not mirror flips: training rotates by any angle but never
         mirrors, and a mirrored heart, its RV on the wrong side, is not one the network knows.)"""
         probs = self._forward(frames, plane)
-        if not self.options.tta:
+        if not self.tta:
             return probs
         for k in (1, 2, 3):
             turned = [np.ascontiguousarray(np.rot90(f, k, axes=(-2, -1))) for f in frames]

@@ -119,3 +119,7 @@ def test_the_crop_comes_from_the_weights_unless_given(tiny_weights) -> None:
     assert Predictor(tiny_weights, PredictOptions(device="cpu")).crop_px == 0  # weights without a recommendation
     with pytest.raises(WeightsError, match="unusable inference crop"):
         Predictor(replace(tiny_weights, meta={"inference": {"crop_px": 30}}), PredictOptions(device="cpu"))
+    rotating = replace(tiny_weights, meta={"inference": {"tta": True}})
+    assert Predictor(rotating, PredictOptions(device="cpu")).tta is True
+    assert Predictor(rotating, PredictOptions(device="cpu", tta=False)).tta is False
+    assert Predictor(tiny_weights, PredictOptions(device="cpu")).tta is False

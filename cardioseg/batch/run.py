@@ -97,7 +97,7 @@ def segmentation_report(predictor: Segmenter, localisation: Localisation | None)
     """How the masks were made: the crop (0: the full field), the clean-up, stage 1's finding."""
     o = predictor.options
     return {
-        "crop_px": predictor.crop_px, "tta": o.tta, "postprocess": o.clean_up if o.postprocess else "none",
+        "crop_px": predictor.crop_px, "tta": predictor.tta, "postprocess": o.clean_up if o.postprocess else "none",
         "localisation": localisation.as_dict() if localisation is not None else None,
     }  # fmt: skip
 

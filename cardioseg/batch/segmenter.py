@@ -38,6 +38,9 @@ class Segmenter(Protocol):
     def crop_px(self) -> int: ...  # 0: the whole field in one stage; else stage 2's crop (model pixels)
 
     @property
+    def tta(self) -> bool: ...  # test-time rotations
+
+    @property
     def weights_report(self) -> dict[str, Any]: ...
 
     def localise(self, data: np.ndarray, affine: np.ndarray) -> Localisation | None:
