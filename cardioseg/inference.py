@@ -192,6 +192,35 @@ def resolve_tta(requested: bool | None, weights: LoadedWeights) -> bool:
     return recommended
 
 
+def tta_agreement(votes: Sequence[np.ndarray], combined: np.ndarray, frame_slices: Sequence[int]) -> list[float]:
+    """Per frame, how much the test-time rotations agree: the mean over the rotations and the
+    structures (labels 1..C-1 present in either) of the Dice between that rotation's labels and
+    the combined labels, in model space. 1: every rotation gives the same mask.
+
+    >>> a = np.zeros((1, 4, 4), np.uint8); a[0, :2] = 1
+    >>> tta_agreement([a, a], a, [1])
+    [1.0]
+    >>> b = np.zeros_like(a); b[0, :1] = 1
+    >>> round(tta_agreement([a, b], a, [1])[0], 3)
+    0.833
+    """
+    out = []
+    start = 0
+    for n in frame_slices:
+        ref = combined[start : start + n]
+        scores = []
+        for vote in votes:
+            v = vote[start : start + n]
+            for c in np.union1d(np.unique(ref), np.unique(v)):
+                if c == 0:
+                    continue
+                a, b = v == c, ref == c
+                scores.append(2.0 * float((a & b).sum()) / float(a.sum() + b.sum()))
+        out.append(float(np.mean(scores)) if scores else 1.0)
+        start += n
+    return out
+
+
 class SegmenterBase:
     """``predict`` for 3D frames and 4D cines on top of a subclass's ``predict_frames``.
 
@@ -203,6 +232,7 @@ class SegmenterBase:
     options: PredictOptions
     crop_px: int = 0  # resolved: 0 (one stage, the whole field) or the crop of stage 2
     tta: bool = False  # resolved: test-time rotations on or off
+    _agreement: list[float] | None = None  # per frame, while predict() collects it (Predictor only)
 
     def predict_frame(self, frame: np.ndarray, affine: np.ndarray, centre: Centre = None) -> np.ndarray:
         raise NotImplementedError
@@ -243,18 +273,27 @@ class SegmenterBase:
 
     def predict(
         self, data: np.ndarray, affine: np.ndarray, on_frame: Callable[[int], Any] | None = None,
-        localisation: Localisation | None = None,
+        localisation: Localisation | None = None, stats: dict[str, Any] | None = None,
     ) -> np.ndarray:
         """A 3D frame (X, Y, Z) or a cine (X, Y, Z, T) -> uint8 labels of the same shape.
 
         With ``options.crop_px``, every frame is segmented on a crop centred on
         ``localisation`` (default: :meth:`localise` of this input); without a heart found, on
-        the full field."""
+        the full field. ``stats``: with test-time rotations, ``stats["tta_agreement"]`` gets
+        one number per frame (see :func:`tta_agreement`)."""
         frames = frames_of(data, affine)
         if localisation is None:
             localisation = self.localise(data, affine)
         centre = crop_centre(localisation)
-        masks = self.predict_many(frames, on_frame, [centre] * len(frames))
+        collect = stats is not None and self.tta
+        if collect:
+            self._agreement = []
+        try:
+            masks = self.predict_many(frames, on_frame, [centre] * len(frames))
+        finally:
+            if collect and stats is not None:
+                stats.setdefault("tta_agreement", []).extend(self._agreement or [])
+                self._agreement = None
         if data.ndim == 3:
             return masks[0]
         return np.stack(masks, axis=-1)
@@ -359,10 +398,16 @@ class Predictor(SegmenterBase):
         probs = self._forward(frames, plane)
         if not self.tta:
             return probs
+        votes = [probs.argmax(axis=1).astype(np.uint8)]
         for k in (1, 2, 3):
             turned = [np.ascontiguousarray(np.rot90(f, k, axes=(-2, -1))) for f in frames]
-            probs += np.rot90(self._forward(turned, plane[::-1] if k % 2 else plane), -k, axes=(-2, -1))
-        return probs / 4.0
+            back = np.rot90(self._forward(turned, plane[::-1] if k % 2 else plane), -k, axes=(-2, -1))
+            votes.append(back.argmax(axis=1).astype(np.uint8))
+            probs += back
+        probs /= 4.0
+        if self._agreement is not None:
+            self._agreement += tta_agreement(votes, probs.argmax(axis=1), [len(f) for f in frames])
+        return probs
 
     def _forward(self, frames: Sequence[np.ndarray], plane: tuple[int, ...]) -> np.ndarray:
         batches = model_batches(frames, self.input_spec, self.batch_size)

@@ -123,3 +123,16 @@ def test_the_crop_comes_from_the_weights_unless_given(tiny_weights) -> None:
     assert Predictor(rotating, PredictOptions(device="cpu")).tta is True
     assert Predictor(rotating, PredictOptions(device="cpu", tta=False)).tta is False
     assert Predictor(tiny_weights, PredictOptions(device="cpu")).tta is False
+
+
+def test_tta_agreement_is_reported_per_frame_and_flags_an_unsure_key_frame(tmp_path: Path, small_phantom, tiny_weights_path) -> None:
+    import cardioseg
+    from cardioseg.batch.measure import tta_agreement_flags
+
+    cine = save_nifti(tmp_path / "in" / "c.nii.gz", small_phantom.image[..., :3], small_phantom.affine)
+    (result,) = cardioseg.predict(cine, tmp_path / "out", weights=tiny_weights_path, device="cpu", tta=True)
+    agreement = result.report["segmentation"]["tta_agreement"]
+    assert len(agreement) == 3 and all(0.0 <= a <= 1.0 for a in agreement)
+    assert tta_agreement_flags([0.99, 0.5, 0.99], 0, 2) == []  # frame 1 is neither ED nor ES
+    (flag,) = tta_agreement_flags([0.99, 0.5, 0.9], 0, 2)
+    assert flag.code == "low_tta_agreement" and "frame 2 (0.90)" in flag.message

@@ -11,7 +11,7 @@ from cardioseg.batch.studies import Study, StudyKind, StudyOptions
 from cardioseg.clinical import FrameVolumes, clinical_measures, detect_ed_es, frame_volumes
 from cardioseg.errors import ConfigError, QcError
 from cardioseg.io import Volume
-from cardioseg.qc import Flag, study_flags
+from cardioseg.qc import Flag, QcLimits, study_flags
 
 if TYPE_CHECKING:
     from cardioseg.inference import Localisation
@@ -34,6 +34,7 @@ class Measurements:
 def measure_study(
     study: Study, volumes: list[Volume], masks: list[np.ndarray], label_map: LabelMap, options: StudyOptions,
     localisation: Localisation | None = None,
+    agreement: list[float] | None = None,
 ) -> Measurements:
     """Volumes of every frame, ED/ES, the clinical measures and the QC flags of a segmented study
     (``study.kind`` already FRAME, CINE or PAIR). Raises QcError for a flag under ``--strict``."""
@@ -55,6 +56,8 @@ def measure_study(
     flags = study_flags(
         masks, volumes, per_frame, ed_i, es_i, measures, label_map, study.kind, ed_es_overridden=overridden
     )
+    if agreement is not None and len(agreement) == len(per_frame):
+        flags += tta_agreement_flags(agreement, ed_i, es_i)
     if localisation is not None and not localisation.found:
         flags.append(Flag("heart_not_localised", "Stage 1 found no heart (LV cavity and myocardium) on the coarse "
                           "grid, so the whole field of view was segmented: check the masks."))  # fmt: skip
@@ -80,3 +83,16 @@ def _choose_ed_es(
             raise ConfigError(f"{name} frame {value} is outside the cine's frames 0..{n - 1}")
     overridden = ed is not None and es is not None
     return (detected_ed if ed is None else ed), (detected_es if es is None else es), overridden
+
+
+def tta_agreement_flags(agreement: list[float], ed: int | None, es: int | None, limits: QcLimits | None = None) -> list[Flag]:
+    """``low_tta_agreement``: in a key frame (ED, ES; the frame of a single frame) the four
+    test-time rotations agree less than ``QcLimits.tta_agreement_min``."""
+    limits = limits or QcLimits()
+    keys = sorted({i for i in (ed, es) if i is not None}) or list(range(len(agreement)))
+    low = [(t, agreement[t]) for t in keys if agreement[t] < limits.tta_agreement_min]
+    if not low:
+        return []
+    where = ", ".join(f"frame {t} ({a:.2f})" for t, a in low)
+    return [Flag("low_tta_agreement", f"The four rotated segmentations disagree in {where}: mean Dice between "
+                 f"each and their combination below {limits.tta_agreement_min:g}; the model is unsure here.")]  # fmt: skip

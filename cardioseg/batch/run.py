@@ -64,6 +64,7 @@ def study_report(
     options: StudyOptions,
     runtime_s: float,
     localisation: Localisation | None = None,
+    agreement: list[float] | None = None,
 ) -> dict[str, Any]:
     """The JSON report of one measured study (see ``cardioseg.report.build_report``)."""
     return build_report(
@@ -89,17 +90,23 @@ def study_report(
         },
         subject={"height_cm": m.height_cm, "weight_kg": m.weight_kg, "group": study.group},
         warnings=[w for v in volumes for w in v.meta.warnings],
-        segmentation=segmentation_report(predictor, localisation),
+        segmentation=segmentation_report(predictor, localisation, agreement),
     )
 
 
-def segmentation_report(predictor: Segmenter, localisation: Localisation | None) -> dict[str, Any]:
-    """How the masks were made: the crop (0: the full field), the clean-up, stage 1's finding."""
+def segmentation_report(
+    predictor: Segmenter, localisation: Localisation | None, agreement: list[float] | None = None
+) -> dict[str, Any]:
+    """How the masks were made: the crop (0: the full field), test-time rotations and how much
+    they agreed per frame, the clean-up, stage 1's finding."""
     o = predictor.options
-    return {
+    out = {
         "crop_px": predictor.crop_px, "tta": predictor.tta, "postprocess": o.clean_up if o.postprocess else "none",
         "localisation": localisation.as_dict() if localisation is not None else None,
     }  # fmt: skip
+    if agreement is not None:
+        out["tta_agreement"] = [round(a, 4) for a in agreement]
+    return out
 
 
 def write_study(
@@ -160,13 +167,16 @@ def run_study(
     if study.kind is StudyKind.SINGLE:
         study = replace(study, kind=StudyKind.CINE if volumes[0].is_cine else StudyKind.FRAME)
     # to model space -> infer -> back to native -> clean up  (inside the Segmenter)
+    stats: dict[str, Any] = {}
     if masks is None:
         localisation = predictor.localise(volumes[0].data, volumes[0].affine)
-        masks = [predictor.predict(v.data, v.affine, on_frame=on_frame, localisation=localisation) for v in volumes]
-    m = measure_study(study, volumes, masks, predictor.label_map, options, localisation)
+        masks = [predictor.predict(v.data, v.affine, on_frame=on_frame, localisation=localisation, stats=stats)
+                 for v in volumes]  # fmt: skip
+    agreement = stats.get("tta_agreement") or None
+    m = measure_study(study, volumes, masks, predictor.label_map, options, localisation, agreement)
     mask_paths = output_paths(study, out_dir)[: len(volumes)]
     seconds = round(time.perf_counter() - t0, 3)
-    report = study_report(study, volumes, mask_paths, m, predictor, options, seconds, localisation)
+    report = study_report(study, volumes, mask_paths, m, predictor, options, seconds, localisation, agreement)
     written = write_study(study, volumes, masks, m, report, out_dir, options, predictor.label_map)
     return StudyResult(study, written, report)
 

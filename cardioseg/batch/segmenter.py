@@ -49,7 +49,7 @@ class Segmenter(Protocol):
 
     def predict(
         self, data: np.ndarray, affine: np.ndarray, on_frame: Callable[[int], Any] | None = None,
-        localisation: Localisation | None = None,
+        localisation: Localisation | None = None, stats: dict[str, Any] | None = None,
     ) -> np.ndarray:
         """A 3D frame (X, Y, Z) or a cine (X, Y, Z, T) -> uint8 labels of the same shape."""
         ...

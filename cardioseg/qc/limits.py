@@ -88,3 +88,4 @@ class QcLimits:
     rv_shift_max_mm: float = 25.0
     myo_es_ed_ratio_min: float = 0.75
     myo_es_ed_ratio_max: float = 1.7
+    tta_agreement_min: float = 0.95

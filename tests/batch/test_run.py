@@ -119,11 +119,11 @@ class FailingOn:
     def __getattr__(self, name: str):
         return getattr(self.inner, name)
 
-    def predict(self, data, affine, on_frame=None, localisation=None):
+    def predict(self, data, affine, on_frame=None, localisation=None, stats=None):
         self.calls += 1
         if self.calls - 1 == self.n:
             raise self.exc
-        return self.inner.predict(data, affine, on_frame=on_frame, localisation=localisation)
+        return self.inner.predict(data, affine, on_frame=on_frame, localisation=localisation, stats=stats)
 
 
 @pytest.mark.parametrize("exc", [ValueError("bad header"), IndexError(), ZeroDivisionError("division by zero")])
@@ -161,14 +161,14 @@ class SpyPredictor:
     def __getattr__(self, name: str):
         return getattr(self.inner, name)
 
-    def predict(self, data, affine, on_frame=None, localisation=None):
+    def predict(self, data, affine, on_frame=None, localisation=None, stats=None):
         study = self.predicted[self.calls]
         self.calls += 1
         self.events.append(("predict-start", study))
         nxt = self.order.index(study) + 1
         if nxt < len(self.order):
             self.events.append(("next-read-started", self.started[self.order[nxt]].wait(timeout=20)))
-        out = self.inner.predict(data, affine, on_frame=on_frame, localisation=localisation)
+        out = self.inner.predict(data, affine, on_frame=on_frame, localisation=localisation, stats=stats)
         self.events.append(("predict-end", study))
         return out
 
