@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# 5-fold cross-validation of the shipped recipe (DMR-U-Net, Dice+CE, AdamW) on the 100 ACDC
+# training patients, resumable: each fold trains into RUNS/cur/foldK (rerun to finish).
+#
+#   bash benchmarks/cv100_train.sh [CACHE] [RUNS] [EPOCHS]
+#
+# Then score every inference variant with each patient's own fold model:
+#   python benchmarks/cv_evaluate.py RUNS --variants cur cur@crop160,tta ...
+#   python benchmarks/cv_table.py RUNS --variants ... --out docs/cv100/README.md
+#   python benchmarks/qc_recall.py RUNS --variants ...
+set -euo pipefail
+CACHE=${1:-cache/acdc}
+RUNS=${2:-runs/cv100}
+EPOCHS=${3:-20}
+CLI=${CARDIOSEG:-cardioseg}
+for k in ${FOLDS:-0 1 2 3 4}; do
+  out="$RUNS/cur/fold$k"
+  if ls "$out/"*.pt 2>/dev/null | grep -qv -e last.pt -e best.pt; then echo "fold $k: done"; continue; fi
+  echo "fold $k: training ($(date -u +%H:%M:%S))"
+  "$CLI" train "$CACHE" -o "$out" --fold "$k" --dmr --loss dice_ce --optimizer adamw --epochs "$EPOCHS" \
+    --threads "${THREADS:-2}" --resume -q
+done
