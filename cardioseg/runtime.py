@@ -133,7 +133,7 @@ CLEAN_UPS: dict[str, str] = {
     "anatomy": "the components that make a heart: LV and myocardium of the largest LV+myocardium component, "
     "the RV component beside the myocardium, holes in the LV cavity filled",
 }
-DEFAULT_CLEAN_UP = "largest"
+DEFAULT_CLEAN_UP = "anatomy"
 """The clean-up ``cardioseg predict`` and :class:`cardioseg.inference.PredictOptions` use by default."""
 DEFAULT_CROP_PX: int | None = None
 """The default of ``--crop-px``: None, what the weights recommend (0: the whole field of view in one stage)."""

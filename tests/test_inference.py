@@ -222,7 +222,7 @@ def test_ensemble_postprocesses_once_on_the_combined_labels(tiny_weights, other_
     from cardioseg.postprocess import keep_largest_components
 
     raw = Ensemble(members, FP32_RAW).predict(frame, affine)
-    lcc = PredictOptions(device="cpu", precision="fp32", lcc_tolerance_mm=0.0)
+    lcc = PredictOptions(device="cpu", precision="fp32", lcc_tolerance_mm=0.0, clean_up="largest")
     clean = Ensemble(members, lcc).predict(frame, affine)
     spacing = tuple(np.linalg.norm(affine[:3, :3], axis=0))
     slice_axis = find_orientation(affine).perm[2]

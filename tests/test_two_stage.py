@@ -56,7 +56,7 @@ def test_no_heart_found_segments_the_full_field_and_is_flagged(tmp_path: Path, s
     full = cardioseg.predict(frame, tmp_path / "full", weights=tiny_weights_path, device="cpu")
     report = json.loads((tmp_path / "crop" / "f_report.json").read_text())
     assert "heart_not_localised" in report["qc_flags"] and "heart_not_localised" not in full[0].report["qc_flags"]
-    assert report["segmentation"] == {"crop_px": 32, "tta": False, "postprocess": "largest",
+    assert report["segmentation"] == {"crop_px": 32, "tta": False, "postprocess": "anatomy",
                                       "localisation": {"found": False, "centre_world_mm": None, "heart_area_mm2": 0.0}}  # fmt: skip
     a, b = (cardioseg.read_volume(tmp_path / d / "f_seg.nii.gz").data for d in ("crop", "full"))
     np.testing.assert_array_equal(a, b)
