@@ -10,7 +10,9 @@ Folds missing from any variant are left out of every variant, so comparisons sta
 A variant "a+b" is the ensemble of runs a and b (``predict`` with each fold's weights of both,
 majority vote): every model in it held out the same patients, so it is scored without leakage.
 A variant "a@opt1,opt2" predicts with run a's weights and inference options (``INFERENCE``:
-``crop128``/``crop160`` two-stage crops, ``anatomy`` clean-up, ``tta`` test-time flips).
+``crop128``/``crop160`` two-stage crops, ``anatomy`` clean-up, ``tta`` test-time rotations);
+the options not named are passed explicitly off (full field, largest-component clean-up, no
+TTA), whatever the current defaults or the weights' recommendation.
 """
 
 from __future__ import annotations
@@ -37,10 +39,18 @@ def inference_args(variant: str) -> list[str]:
     """``cardioseg predict`` options of a variant ``run@opt1,opt2`` (none for a plain run)."""
     _, _, opts = variant.partition("@")
     args: list[str] = []
-    for opt in filter(None, opts.split(",")):
+    chosen = [o for o in opts.split(",") if o]
+    for opt in chosen:
         if opt not in INFERENCE:
             raise SystemExit(f"unknown inference option {opt!r} in {variant!r}; choose from {', '.join(INFERENCE)}")
         args += INFERENCE[opt]
+    # every other option explicit, so that a variant means the same whatever today's defaults
+    if "anatomy" not in chosen:
+        args += ["--clean-up", "largest"]
+    if not any(o.startswith("crop") for o in chosen):
+        args += ["--crop-px", "0"]
+    if "tta" not in chosen:
+        args += ["--no-tta"]
     return args
 
 
