@@ -17,11 +17,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS: dict[str, dict[str, object]] = {
-    "full field": {},
-    "crop 160": {"crop_px": 160},
-    "crop 128": {"crop_px": 128},
-    "full field + tta": {"tta": True},
+VARIANTS: dict[str, dict[str, object]] = {  # every option explicit (the weights recommend their own)
+    "full field": {"crop_px": 0, "tta": False},
+    "crop 160": {"crop_px": 160, "tta": False},
+    "crop 128": {"crop_px": 128, "tta": False},
+    "full field + tta": {"crop_px": 0, "tta": True},
+    "crop 160 + tta": {"crop_px": 160, "tta": True},
+    "crop 128 + tta": {"crop_px": 128, "tta": True},
 }
 
 
