@@ -12,15 +12,13 @@ from cardioseg.errors import ConfigError, WeightsError
 from cardioseg.inference import (
     ENSEMBLE_MODES,
     Centre,
-    Localisation,
     PredictOptions,
     Predictor,
     SegmenterBase,
     argmax_labels,
     clean_up_labels,
-    resolve_crop_px,
-    resolve_tta,
 )
+from cardioseg.stages import Localisation, resolve_crop_px, resolve_tta
 from cardioseg.weights import LoadedWeights
 
 

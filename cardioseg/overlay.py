@@ -154,6 +154,9 @@ def write_overlay(
 ) -> Path:
     """Write the montage of one study as PNG (atomically) and return ``path``.
 
+    (Long on purpose: one page layout in inches, computed once and read top to bottom; the
+    drawing of a panel, the header and the volume curve are functions of their own.)
+
     Args:
         images: one stored 3D (X, Y, Z) array per row (phase), e.g. [ED, ES] or [frame].
         masks: the label masks of ``images``, same shapes.

@@ -11,8 +11,9 @@ import pytest
 from conftest import save_nifti
 
 from cardioseg.geometry import ModelSpace
-from cardioseg.inference import Localisation, PredictOptions, Predictor
+from cardioseg.inference import PredictOptions, Predictor
 from cardioseg.preprocess import image_to_model
+from cardioseg.stages import Localisation
 
 AFFINE = np.array([[0.0, -1.3, 0.0, 10.0], [1.3, 0.0, 0.0, -5.0], [0.0, 0.0, 8.0, 2.0], [0.0, 0.0, 0.0, 1.0]])
 SHAPE = (100, 90, 10)

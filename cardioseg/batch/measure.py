@@ -14,8 +14,8 @@ from cardioseg.io import Volume
 from cardioseg.qc import Flag, QcLimits, study_flags
 
 if TYPE_CHECKING:
-    from cardioseg.inference import Localisation
     from cardioseg.labels import LabelMap
+    from cardioseg.stages import Localisation
 
 
 @dataclass(frozen=True)

@@ -31,8 +31,8 @@ from cardioseg.io import Volume, read_volume, write_mask
 from cardioseg.report import build_report, write_report
 
 if TYPE_CHECKING:
-    from cardioseg.inference import Localisation
     from cardioseg.labels import LabelMap
+    from cardioseg.stages import Localisation
 
 ProgressFn = Callable[[Study, int], Any]
 """``progress(study, frame)``: called after each frame of a study is segmented."""
@@ -317,7 +317,8 @@ def _run_group(
     If the pooled prediction fails, every study is segmented alone, so that an error is
     reported by the study that causes it.
     """
-    from cardioseg.inference import crop_centre, frames_of
+    from cardioseg.inference import frames_of
+    from cardioseg.stages import crop_centre
 
     read = [(study, future.result()) for study, future in group if future.exception() is None]
     labels: list[np.ndarray] | None

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 if TYPE_CHECKING:
-    from cardioseg.inference import Centre, Frame, Localisation, PredictOptions
+    from cardioseg.inference import Centre, Frame, PredictOptions
     from cardioseg.labels import LabelMap
+    from cardioseg.stages import Localisation
 
 
 class Segmenter(Protocol):
