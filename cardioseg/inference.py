@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Optional
+from typing import Any, TypeAlias
 
 import numpy as np
 
@@ -62,7 +62,7 @@ class PredictOptions:
 ENSEMBLE_MODES = ("vote", "mean")
 Frame = tuple[np.ndarray, np.ndarray]
 """One stored 3D frame and its affine."""
-Centre = Optional[np.ndarray]  # noqa: UP045 - a runtime alias on Python 3.10 too
+Centre: TypeAlias = "np.ndarray | None"
 """A world point (x, y, z, mm) a crop is centred on, or None for the full field."""
 
 
@@ -297,8 +297,7 @@ class Predictor(SegmenterBase):
     def _locate_on(self, frame: np.ndarray, affine: np.ndarray, grid: PreprocessConfig) -> Localisation:
         from scipy import ndimage
 
-        coarse = grid
-        space, slices = image_to_model(frame, affine, coarse)
+        space, slices = image_to_model(frame, affine, grid)
         labels = np.argmax(self.slice_probabilities(slices), axis=1)  # (S, fov, fov)
         heart = np.isin(labels, (self.label_map.lv, self.label_map.myo))
         components, n = ndimage.label(heart, structure=np.ones((3, 3, 3), dtype=bool))
@@ -306,7 +305,7 @@ class Predictor(SegmenterBase):
             return Localisation(None, 0.0)
         sizes = np.bincount(components.ravel())[1:]
         keep = np.argwhere(components == int(np.argmax(sizes)) + 1)
-        area = float(len(keep)) * coarse.spacing_mm**2
+        area = float(len(keep)) * grid.spacing_mm**2
         if area < LOCATE_MIN_HEART_MM2:
             return Localisation(None, area)
         centre = space.model_to_world(keep.mean(axis=0)[None], affine)[0]

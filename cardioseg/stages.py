@@ -6,12 +6,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cardioseg.errors import WeightsError
-from cardioseg.weights import LoadedWeights
+
+if TYPE_CHECKING:
+    from cardioseg.weights import LoadedWeights
 
 LOCATE_MIN_HEART_MM2 = 500.0
 """Stage 1 finds a heart when its LV cavity + myocardium cover at least this area (all slices together)."""
