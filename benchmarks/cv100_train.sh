@@ -4,6 +4,10 @@
 #
 #   bash benchmarks/cv100_train.sh [CACHE] [RUNS] [EPOCHS]
 #
+# RECIPE=name (default cur) trains into RUNS/name/foldK with the extra options in EXTRA, e.g. the
+# recipe shipped since issue 15:
+#   RECIPE=aug EXTRA="--intensity-aug 0.3 --scale-min 0.6 --scale-max 1.3" bash benchmarks/cv100_train.sh
+#
 # Then score every inference variant with each patient's own fold model:
 #   python benchmarks/cv_evaluate.py RUNS --variants cur cur@crop160,tta ...
 #   python benchmarks/cv_table.py RUNS --variants ... --out docs/cv100/README.md
@@ -14,9 +18,9 @@ RUNS=${2:-runs/cv100}
 EPOCHS=${3:-20}
 CLI=${CARDIOSEG:-cardioseg}
 for k in ${FOLDS:-0 1 2 3 4}; do
-  out="$RUNS/cur/fold$k"
+  out="$RUNS/${RECIPE:-cur}/fold$k"
   if ls "$out/"*.pt 2>/dev/null | grep -qv -e last.pt -e best.pt; then echo "fold $k: done"; continue; fi
   echo "fold $k: training ($(date -u +%H:%M:%S))"
-  "$CLI" train "$CACHE" -o "$out" --fold "$k" --dmr --loss dice_ce --optimizer adamw --epochs "$EPOCHS" \
+  "$CLI" train "$CACHE" -o "$out" --fold "$k" --dmr --loss dice_ce --optimizer adamw --epochs "$EPOCHS" ${EXTRA:-} \
     --threads "${THREADS:-2}" --resume -q
 done

@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from cardioseg._version import __version__
-from cardioseg.errors import CardiosegError
+from cardioseg.errors import DEBUG_HINT, CardiosegError
 from cardioseg.runtime import CLEAN_UPS, DEFAULT_CLEAN_UP, DEFAULT_CROP_PX
 from cardioseg.train import ARCHES, LOSSES, OPTIMIZERS, REGULARIZERS, WEIGHTINGS, describe_choices
 
@@ -30,6 +30,14 @@ app = typer.Typer(
 class EnsembleMode(str, Enum):
     vote = "vote"
     mean = "mean"
+
+
+_DEBUG = {"on": False}  # set by any command's --debug: tracebacks of unexpected errors are shown
+Debug = Annotated[bool, typer.Option("--debug", help="Show the traceback of an unexpected error (a bug) instead of one line.")]
+
+
+def _set_debug(value: bool) -> None:
+    _DEBUG["on"] = value
 
 
 def _fail(message: str) -> typer.Exit:
@@ -87,6 +95,7 @@ def predict(
     num_parts: Annotated[int | None, typer.Option("--num-parts", min=1, metavar="N", help="Split the studies into N parts (every N-th study in name order) and run one of them (default: $SLURM_ARRAY_TASK_COUNT, else 1).", show_default=False)] = None,
     part_id: Annotated[int | None, typer.Option("--part-id", min=0, metavar="I", help="Which part to run, 0..N-1 (default: $SLURM_ARRAY_TASK_ID - $SLURM_ARRAY_TASK_MIN).", show_default=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, notes or table.")] = False,
+    debug: Debug = False,
 ) -> None:
     """Segment images and write DIR/X_seg.nii.gz, DIR/X_report.json and DIR/summary.csv.
 
@@ -94,6 +103,7 @@ def predict(
     uneven slices, heart at the edge of the field of view, ...); --strict makes them errors.
     Batches: give many inputs, folders or patterns; rerunning skips finished studies, and
     --num-parts/--part-id (or a Slurm job array) split the studies between processes."""
+    _set_debug(debug)
     from cardioseg import console
     from cardioseg.api import predict as run
 
@@ -119,6 +129,8 @@ def predict(
             console.warning(f"{r.study.name}: {text}")
     failed = [r for r in ran if r.error]
     for r in failed:
+        if debug and r.traceback:
+            typer.echo(r.traceback, err=True)
         console.error(f"{r.study.name}: {r.error}")
     if not quiet:
         console.print_predict_results([r for r in ran if r.report], out)
@@ -134,9 +146,11 @@ def preprocess(
     fov_px: Annotated[int, typer.Option("--fov-px", min=32, help="Model grid size in pixels (square).")] = 256,
     truncation_px: Annotated[float, typer.Option("--truncation-px", help="T of the truncated signed distance maps.")] = 250.0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    debug: Debug = False,
 ) -> None:
     """Resample, crop/pad and normalise labelled frames into a memory-mapped training cache
     with truncated signed distance maps per structure (DMR paper, Eq. 2)."""
+    _set_debug(debug)
     from cardioseg import console
     from cardioseg.dataset import build_cache, find_frames
     from cardioseg.preprocess import PreprocessConfig
@@ -157,6 +171,7 @@ def train(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: checkpoints, log.csv, exported weights.")],
     fold: Annotated[int, typer.Option("--fold", min=0, help="Validation fold k of the 5 patient-level folds.")] = 0,
     all_folds: Annotated[bool, typer.Option("--all-folds", help="Train every fold, one after the other, in OUT/foldK.")] = False,
+    all_patients: Annotated[bool, typer.Option("--all-patients", help="Train on every patient (the shipped model): no validation, the last epoch exported.")] = False,
     arch: Annotated[str, typer.Option("--arch", help=f"{describe_choices(ARCHES)}.")] = "unet2d",
     context_slices: Annotated[int, typer.Option("--context-slices", min=1, help="2D networks: this many neighbouring slices of the frame (odd; edge slices replicated) as input channels, the centre one predicted (Qure.ai's multi-slice 2D U-Net).")] = 1,
     dmr: Annotated[bool, typer.Option("--dmr", help="Add the distance-map regulariser (training only).")] = False,
@@ -182,12 +197,14 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in OUT from its last checkpoint.")] = False,
     export_only: Annotated[bool, typer.Option("--export-only", help="Only export the best checkpoint of OUT.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    debug: Debug = False,
 ) -> None:
     """Train a segmentation network on a cache and export self-describing weights.
 
     Under torchrun (``torchrun --nproc_per_node N -m cardioseg train ...``) each process
     trains a shard of every batch with DistributedDataParallel.
     """
+    _set_debug(debug)
     from cardioseg import console
     from cardioseg.train import TrainConfig, export_run, fold_configs, load_config
     from cardioseg.train import train as run_training
@@ -197,11 +214,13 @@ def train(
         cache=str(cache), out=str(out), arch=arch, context_slices=context_slices,
         dmr=dmr, base_width=base_width, loss=loss,
         weighting=weighting, dm_weight=dm_weight, optimizer=optimizer, lr=lr, epochs=epochs,
-        batch_size=batch_size, crop_px=crop_px, scale_min=scale_min, scale_max=scale_max, intensity_aug=intensity_aug, fold=fold, seed=seed, threads=threads, name=name,
+        batch_size=batch_size, crop_px=crop_px, scale_min=scale_min, scale_max=scale_max, intensity_aug=intensity_aug, fold=fold, all_patients=all_patients, seed=seed, threads=threads, name=name,
         regularizer=regularizer, reg_weight=reg_weight, position_weight=position_weight, shape_epochs=shape_epochs,
     )  # fmt: skip
     try:
         cfg.check()
+        if all_folds and all_patients:
+            raise _fail("--all-folds and --all-patients exclude each other (folds hold patients out; --all-patients holds none out)")
         configs = fold_configs(cfg) if all_folds else [cfg]
         rank = 0
         if not export_only:  # the process-wide settings are the command's, not the engine's
@@ -234,10 +253,12 @@ def evaluate(
     myo_density: Annotated[float, typer.Option("--myo-density", help="Myocardial density in g/mL for LV mass.")] = 1.05,
     no_regional: Annotated[bool, typer.Option("--no-regional", help="Skip apical/mid/basal Dice.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table.")] = False,
+    debug: Debug = False,
 ) -> None:
     """Score masks against references: Dice, Jaccard, HD, HD95, ASSD, MSD per structure and
     phase, apical/mid/basal Dice, per-group summaries and clinical agreement (EF, volumes, mass).
     """
+    _set_debug(debug)
     from cardioseg import console
     from cardioseg.api import evaluate as run
 
@@ -261,7 +282,16 @@ def evaluate(
 
 
 def main() -> None:
-    app()
+    """The ``cardioseg`` command: an exception nobody foresaw (a bug) is one line and exit
+    code 1 unless ``--debug`` asks for the traceback."""
+    try:
+        app()
+    except Exception as exc:  # the last line of defence; --debug re-raises
+        if _DEBUG["on"] or "--debug" in sys.argv:
+            raise
+        detail = " ".join(str(exc).split())
+        typer.echo(f"cardioseg: error: unexpected error: {type(exc).__name__}" + (f": {detail}" if detail else "") + DEBUG_HINT, err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

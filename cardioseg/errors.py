@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+DEBUG_HINT = " (a bug: rerun with --debug for the traceback)"  # appended to unexpected errors' lines
+
 
 class CardiosegError(Exception):
     """Base class of every error the engine raises on purpose."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,7 +27,7 @@ from cardioseg.batch.measure import Measurements, measure_study
 from cardioseg.batch.outputs import output_paths, overlay_path, refresh_summary
 from cardioseg.batch.segmenter import Segmenter
 from cardioseg.batch.studies import Study, StudyKind, StudyOptions, StudyResult
-from cardioseg.errors import CardiosegError, ConfigError, UnsupportedInputError
+from cardioseg.errors import DEBUG_HINT, CardiosegError, ConfigError, UnsupportedInputError
 from cardioseg.io import Volume, read_volume, write_mask
 from cardioseg.report import build_report, write_report
 
@@ -182,9 +183,10 @@ def run_study(
 
 
 def unexpected_error(exc: BaseException) -> str:
-    """One line for an exception nobody foresaw: ``unexpected error: ValueError: <message>``."""
+    """One line for an exception nobody foresaw (a bug): ``unexpected error: ValueError:
+    <message> (rerun with --debug for the traceback)``."""
     detail = " ".join(str(exc).split())
-    return f"unexpected error: {type(exc).__name__}" + (f": {detail}" if detail else "")
+    return f"unexpected error: {type(exc).__name__}" + (f": {detail}" if detail else "") + DEBUG_HINT
 
 
 def _run_one(
@@ -209,7 +211,7 @@ def _run_one(
         where = f' "{exc.filename}"' if exc.filename else ""
         return StudyResult(study, error=f"input/output error{where}: {exc.strerror or exc}")
     except Exception as exc:  # noqa: BLE001 - a reader or model failing in a way nobody foresaw: this study only
-        return StudyResult(study, error=unexpected_error(exc))
+        return StudyResult(study, error=unexpected_error(exc), traceback=traceback.format_exc())
 
 
 # ---------------------------------------------------------------------------- the batch

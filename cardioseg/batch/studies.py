@@ -68,6 +68,7 @@ class StudyResult:
     report: dict[str, Any] | None = None
     error: str | None = None
     skipped: bool = False  # finished by an earlier run (its report was read, nothing recomputed)
+    traceback: str | None = None  # an unexpected error's traceback (a bug), for ``--debug``
 
     @property
     def warnings(self) -> list[str]:

@@ -24,7 +24,12 @@ from cardioseg.errors import CardiosegError, UnreadableInputError, UnsupportedIn
 from cardioseg.io.files import atomic_path
 from cardioseg.io.volume import Volume, VolumeMeta, check_voxel_count, check_voxels
 
-__all__ = ["describe_error", "read_nifti", "write_mask"]
+__all__ = ["describe_error", "mask_header", "read_nifti", "write_mask"]
+
+XFORM_CODES = {0: "unknown", 1: "scanner", 2: "aligned", 3: "talairach", 4: "mni", 5: "template"}
+SPACING_LIMITS_MM = (1e-3, 1e3)  # a voxel edge outside this range is a damaged header, not an MRI
+MAX_SHEAR_COS = 0.02  # |cos| of the angle between two voxel axes beyond this (~1.1 deg off 90): a warning
+QFORM_SFORM_TOL_MM = 1.0  # both forms set and disagreeing by more than this anywhere in the grid: warn
 
 
 # ---------------------------------------------------------------------------- nibabel's log
@@ -111,17 +116,18 @@ def _squeeze_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
     return shape
 
 
-def _load_header(path: Path) -> Any:
-    """``nib.load`` (header only; voxels are read later) after the raw-spacing check."""
+def _load_header(path: Path) -> tuple[Any, list[str]]:
+    """``nib.load`` (header only; voxels are read later) after the raw-header checks, and the
+    raw header's warnings."""
     import nibabel as nib
 
-    _check_raw_spacing(path)
+    warnings = _check_raw_header(path)
     with _quiet_nibabel():
-        return nib.load(str(path))
+        return nib.load(str(path)), warnings
 
 
 def _read_nifti(path: Path, max_voxels: int | None) -> Volume:
-    img = _load_header(path)
+    img, raw_warnings = _load_header(path)
     shape = _squeeze_shape(tuple(int(v) for v in img.shape))
     if len(shape) not in (3, 4) or min(shape) < 1:
         raise UnsupportedInputError(
@@ -135,6 +141,7 @@ def _read_nifti(path: Path, max_voxels: int | None) -> Volume:
             raise UnreadableInputError(
                 f'File "{path}" is truncated: {path.stat().st_size:,} bytes, its header needs {need:,}'
             )
+    warnings = raw_warnings + _check_header(path, img.header, shape)
     zooms = np.asarray(img.header.get_zooms()[:3], dtype=np.float64)
     if not np.all(np.isfinite(zooms)) or np.any(zooms <= 0):
         raise UnsupportedInputError(
@@ -147,14 +154,95 @@ def _read_nifti(path: Path, max_voxels: int | None) -> Volume:
     affine = np.asarray(img.affine, dtype=np.float64)
     if not np.all(np.isfinite(affine)) or not abs(np.linalg.det(affine[:3, :3])) >= 1e-12:
         raise UnsupportedInputError(f'File "{path}" has a degenerate affine (zero voxel size)')
-    volume = Volume(data=data, affine=affine, path=path, header=img.header, meta=VolumeMeta(source="nifti"))
+    warnings += _check_grid(path, affine)
+    try:  # the header the masks will carry: any fault in it must surface now, not after the work
+        mask_header(img.header, data.shape)
+    except Exception as exc:
+        raise UnsupportedInputError(
+            f'File "{path}" has a header that cannot be written back to its masks ({describe_error(exc)})'
+        ) from exc
+    meta = VolumeMeta(source="nifti", warnings=tuple(warnings))
+    volume = Volume(data=data, affine=affine, path=path, header=img.header, meta=meta)
     return check_voxels(volume)
 
 
-def _check_raw_spacing(path: Path) -> None:
-    """Refuse a header whose voxel size is zero, negative or not a number where it defines the
-    geometry (the qform when there is no sform). nibabel would silently repair it (0 -> 1 mm,
-    negative -> absolute value), which would change every volume cardioseg measures."""
+def _check_header(path: Path, hdr: Any, shape: tuple[int, ...]) -> list[str]:
+    """Refuse the header fields nibabel would fail on later: an invalid quaternion, a
+    non-finite or singular sform. Returns a warning when qform and sform disagree."""
+    codes = {key: int(hdr[key]) for key in ("qform_code", "sform_code")}
+    warnings: list[str] = []
+    qform = None
+    if codes["qform_code"] > 0:
+        keys = ("quatern_b", "quatern_c", "quatern_d", "qoffset_x", "qoffset_y", "qoffset_z")
+        quat = np.array([float(hdr[k]) for k in keys], dtype=np.float64)
+        try:
+            if not np.all(np.isfinite(quat)):
+                raise ValueError("a quaternion or offset is not a number")
+            qform = np.asarray(hdr.get_qform(), dtype=np.float64)
+        except ValueError as exc:
+            raise UnsupportedInputError(
+                f'File "{path}" has an invalid qform in its header (quaternion b, c, d = '
+                f"{', '.join(f'{v:.4g}' for v in quat[:3])}: {exc})"
+            ) from None
+    if codes["sform_code"] > 0:
+        sform = np.asarray(hdr.get_sform(), dtype=np.float64)
+        if not np.all(np.isfinite(sform)) or not abs(np.linalg.det(sform[:3, :3])) >= 1e-12:
+            raise UnsupportedInputError(
+                f'File "{path}" has a degenerate sform in its header (not finite, or zero voxel size)'
+            )
+        if qform is not None and np.all(np.isfinite(qform)):
+            corners = np.array(
+                [[i, j, k, 1.0] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1) for k in (0, shape[2] - 1)]
+            )
+            gap = float(np.max(np.linalg.norm((corners @ (sform - qform).T)[:, :3], axis=1)))
+            if gap > QFORM_SFORM_TOL_MM:
+                warnings.append(
+                    f"The header's qform and sform disagree by up to {gap:.1f} mm; the sform is used (as the NIfTI standard says)."
+                )
+    return warnings
+
+
+def _check_grid(path: Path, affine: np.ndarray) -> list[str]:
+    """Refuse an affine whose voxel edges are absurdly small or large; a warning when two voxel
+    axes are not at right angles (a sheared grid is measured as given, but is rare in MRI)."""
+    axes = affine[:3, :3]
+    edges = np.linalg.norm(axes, axis=0)
+    lo, hi = SPACING_LIMITS_MM
+    if np.any(edges < lo) or np.any(edges > hi):
+        raise UnsupportedInputError(
+            f'File "{path}" has voxel edges of {", ".join(f"{e:.4g}" for e in edges)} mm in its affine: '
+            f"outside {lo:g}-{hi:g} mm, the header is damaged"
+        )
+    unit = axes / edges
+    cos = float(np.abs(unit.T @ unit - np.eye(3)).max())
+    if cos > MAX_SHEAR_COS:
+        angle = math.degrees(math.acos(min(1.0, cos)))
+        return [f"The grid in the header is sheared (two voxel axes {angle:.1f} degrees apart, not 90); is the header right?"]
+    return []
+
+
+def mask_header(source: Any, shape: tuple[int, ...]) -> Any:
+    """The header of a uint8 mask on ``source``'s grid: its geometry, with the exact qform and
+    sform codes and matrices, unscaled. Serialised once into memory, so that a header nibabel
+    cannot write fails here. ``read_nifti`` calls it on every header it accepts."""
+    header = source.copy()
+    header.set_data_shape(shape)
+    header.set_data_dtype(np.uint8)
+    header.set_slope_inter(1.0, 0.0)
+    header.set_qform(source.get_qform(), code=int(source["qform_code"]))
+    header.set_sform(source.get_sform(), code=int(source["sform_code"]))
+    with _quiet_nibabel():
+        header.write_to(io.BytesIO())
+    return header
+
+
+def _check_raw_header(path: Path) -> list[str]:
+    """Refuse what nibabel would silently repair in a way that changes the geometry: an unknown
+    qform or sform code (nibabel sets it to 0, dropping that form), a voxel size that is zero,
+    negative or not a number where it defines the geometry (the qform when there is no sform;
+    nibabel makes 0 -> 1 mm, negative -> its absolute value), which would change every volume
+    cardioseg measures; an intensity scaling that is not a number (nibabel drops an infinite
+    slope). Returns a warning for a qfac that is neither 1 nor -1 (taken as 1)."""
     import nibabel as nib
     from nibabel.openers import ImageOpener
 
@@ -163,16 +251,32 @@ def _check_raw_spacing(path: Path) -> None:
     sizes = {int.from_bytes(raw[:4], order) for order in ("little", "big")}
     klass = nib.Nifti2Header if 540 in sizes else nib.Nifti1Header if 348 in sizes else None
     if klass is None or len(raw) < klass.sizeof_hdr:
-        return  # not a NIfTI header: nib.load gives the clear error
+        return []  # not a NIfTI header: nib.load gives the clear error
     hdr = klass.from_fileobj(io.BytesIO(raw), check=False)
+    for key in ("qform_code", "sform_code"):
+        code = int(hdr[key])
+        if code not in XFORM_CODES:
+            raise UnsupportedInputError(
+                f'File "{path}" has {key} {code} in its header: valid codes are 0-{max(XFORM_CODES)}, '
+                "so which geometry it means is unknown"
+            )
+    slope, inter = float(hdr["scl_slope"]), float(hdr["scl_inter"])
+    if math.isinf(slope) or (math.isfinite(slope) and slope != 0 and not math.isfinite(inter)):
+        raise UnsupportedInputError(
+            f'File "{path}" has an invalid intensity scaling in its header (scl_slope {slope:g}, scl_inter {inter:g})'
+        )
     if int(hdr["sform_code"]) > 0:
-        return  # the sform defines the geometry; nib.load reads it as stored
+        return []  # the sform defines the geometry; nib.load reads it as stored
     zooms = np.asarray(hdr["pixdim"][1:4], dtype=np.float64)
     if not np.all(np.isfinite(zooms)) or np.any(zooms <= 0):
         raise UnsupportedInputError(
             f'File "{path}" has voxel size {tuple(float(z) for z in zooms)} mm in its header: '
             "every spacing must be a positive number"
         )
+    qfac = float(hdr["pixdim"][0])
+    if int(hdr["qform_code"]) > 0 and qfac not in (1.0, -1.0):
+        return [f"The header's qfac (pixdim[0]) is {qfac:g}, not 1 or -1; taken as 1, as the NIfTI standard says."]
+    return []
 
 
 # ---------------------------------------------------------------------------- writing
@@ -185,7 +289,7 @@ def write_mask(mask: np.ndarray, like: Volume, path: Path) -> None:
     if mask.shape != like.data.shape:
         raise ValueError(f"mask shape {mask.shape} != image shape {like.data.shape}")
     source: Any = like.header
-    header = source.copy() if source is not None else None
+    header = mask_header(source, mask.shape) if source is not None else None
     img = nib.Nifti1Image(np.asarray(mask, dtype=np.uint8), like.affine, header=header)
     img.set_data_dtype(np.uint8)
     img.header.set_slope_inter(1.0, 0.0)

@@ -16,6 +16,7 @@ from cardioseg.errors import ConfigError
 from cardioseg.train.losses import LOSSES
 
 if TYPE_CHECKING:
+    from cardioseg.dataset import Cache
     from cardioseg.models.inputs import InputSpec
 
 __all__ = [
@@ -131,6 +132,7 @@ class TrainConfig:
     scale_max: float = 1.2
     intensity_aug: float = 0.0  # > 0: gamma/contrast/bias field/blur/low resolution, each with this probability
     fold: int = 0  # the held-out validation fold
+    all_patients: bool = False  # train on every patient of the cache: no validation, the last epoch exported
     n_folds: int = 5
     seed: int = 0
     val_every: int = 1
@@ -165,7 +167,20 @@ class TrainConfig:
         reg = f"{self.regularizer}-" if self.regularizer != "none" else ""
         ctx = f"-ctx{self.context_slices}" if self.context_slices > 1 else ""
         loss = f"-{self.loss}" if self.loss in QURE_LOSSES else ""
-        return self.name or f"{'dmr-' if self.dmr else ''}{reg}{self.arch}{ctx}{loss}-acdc-fold{self.fold}"
+        part = "all" if self.all_patients else f"fold{self.fold}"
+        return self.name or f"{'dmr-' if self.dmr else ''}{reg}{self.arch}{ctx}{loss}-acdc-{part}"
+
+    def split(self, cache: Cache) -> tuple[list[str], list[str]]:
+        """(training patients, validation patients) of this run: fold ``fold`` of the cache's
+        stratified folds, or every patient and none with ``all_patients``."""
+        if self.all_patients:
+            return sorted(cache.patients), []
+        return cache.split(self.fold, self.n_folds)
+
+    def split_text(self) -> str:
+        if self.all_patients:
+            return "all patients of the cache (no validation; the last epoch exported)"
+        return f"fold {self.fold} of {self.n_folds} patient-level folds stratified by group (seed 0)"
 
     def check(self) -> None:
         """Raise ConfigError for a setting that cannot train, naming the valid choices."""
@@ -182,7 +197,9 @@ class TrainConfig:
         if self.crop_px % 16:
             raise ConfigError(f"--crop-px must be a multiple of 16, got {self.crop_px}")
         if not 0 < self.scale_min <= self.scale_max:
-            raise ConfigError(f"--scale-min/--scale-max must satisfy 0 < min <= max, got {self.scale_min}, {self.scale_max}")
+            raise ConfigError(
+                f"--scale-min/--scale-max must satisfy 0 < min <= max, got {self.scale_min}, {self.scale_max}"
+            )
         if not 0 <= self.intensity_aug <= 1:
             raise ConfigError(f"--intensity-aug is a probability in [0, 1], got {self.intensity_aug}")
         if self.shape_epochs < 1:
@@ -214,4 +231,7 @@ def load_config(out: Path) -> TrainConfig:
 
 def fold_configs(cfg: TrainConfig, folds: list[int] | None = None) -> list[TrainConfig]:
     """One config per fold, each in ``OUT/fold{k}`` (for ``cardioseg train --all-folds``)."""
-    return [replace(cfg, fold=k, out=str(Path(cfg.out) / f"fold{k}")) for k in (folds if folds is not None else range(cfg.n_folds))]
+    return [
+        replace(cfg, fold=k, out=str(Path(cfg.out) / f"fold{k}"))
+        for k in (folds if folds is not None else range(cfg.n_folds))
+    ]

@@ -61,11 +61,13 @@ def load_training_data(cfg: TrainConfig, log: Callable[[str], None]) -> TrainDat
     """Fold ``cfg.fold`` of the cache at ``cfg.cache``; raises ConfigError when the fold leaves
     no training or no validation patients."""
     cache = load_cache(Path(cfg.cache))
-    train_names, val_names = cache.split(cfg.fold, cfg.n_folds)
+    train_names, val_names = cfg.split(cache)
     train_slices = cache.slices_of(set(train_names))
-    if len(train_slices) == 0 or not val_names:
-        raise ConfigError(f"fold {cfg.fold} leaves no training or no validation patients ({len(cache.patients)} patients)")
-    log(f"cache {cache.path}: {len(cache)} slices, {len(cache.patients)} patients; fold {cfg.fold}: "
+    if len(train_slices) == 0 or not (val_names or cfg.all_patients):
+        raise ConfigError(
+            f"fold {cfg.fold} leaves no training or no validation patients ({len(cache.patients)} patients)"
+        )
+    log(f"cache {cache.path}: {len(cache)} slices, {len(cache.patients)} patients; {'all' if cfg.all_patients else f'fold {cfg.fold}'}: "
         f"{len(train_slices)} training slices, {len(set(val_names))} validation patients")  # fmt: skip
     spec = cfg.input_spec()
     labels_np = np.asarray(cache.labels[train_slices])

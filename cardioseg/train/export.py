@@ -38,7 +38,7 @@ def export_run(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> Pa
     if not best_path.is_file():
         raise ConfigError(f'No best checkpoint in "{out}" yet')
     cache = load_cache(Path(cfg.cache))
-    train_names, val_names = cache.split(cfg.fold, cfg.n_folds)
+    train_names, val_names = cfg.split(cache)
     arch = architecture(cfg, dmr=False)
     model = build_model(arch["name"], **arch["kwargs"])
     saved = torch.load(best_path, map_location="cpu", weights_only=True)
@@ -60,16 +60,17 @@ def export_run(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> Pa
             "data": f"{len(cache.patients)} patients of the cache at {cache.path.name} (ED+ES frames, expert labels)",
             "train_patients": train_names,
             "val_patients": val_names,
-            "split": f"fold {cfg.fold} of {cfg.n_folds} patient-level folds stratified by group (seed 0)",
+            "split": cfg.split_text(),
             "recipe": recipe,
             "distance_map_regulariser": "used in training, removed from these weights" if cfg.dmr else "none",
             "regulariser": "none" if cfg.regularizer == "none" else f"{cfg.regularizer}: used in training only",
             "best_epoch": best.get("epoch"),
         },
-        validation={"model_space": {k: v for k, v in best.items() if k != "epoch"}},
+        validation={"model_space": {k: v for k, v in best.items() if k != "epoch" and not cfg.all_patients}},
         license=ACDC_LICENSE,
         input_spec=cfg.input_spec(),
     )
     if log is not None:
-        log(f"exported {exported} (best epoch {best.get('epoch')}, val dice {best['dice_mean']:.4f})")
+        val_text = f"val dice {best['dice_mean']:.4f}" if best.get("dice_mean", -1) >= 0 else "no validation"
+        log(f"exported {exported} ({'last' if cfg.all_patients else 'best'} epoch {best.get('epoch')}, {val_text})")
     return exported

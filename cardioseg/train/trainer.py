@@ -109,7 +109,9 @@ class Trainer:
         """A run folder is continued only with ``resume`` and the settings it was made with."""
         out, cfg = self.out, self.cfg
         if self.state_path.is_file() and not self.resume:
-            raise ConfigError(f'"{out}" already holds a training run; pass --resume to continue it or choose another --out')
+            raise ConfigError(
+                f'"{out}" already holds a training run; pass --resume to continue it or choose another --out'
+            )
         if self.resume and self.config_path.is_file():
             before = json.loads(self.config_path.read_text())
             defaults = asdict(TrainConfig(cache="", out=""))  # settings added since the run was made
@@ -274,16 +276,17 @@ class Trainer:
         """Model-space Dice on the validation patients (``validation.validate``) when epoch
         ``epoch`` (0-based) is due (every ``val_every`` and the last) on rank 0; else {}."""
         cfg = self.cfg
-        if self.rank != 0 or not ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
+        if self.rank != 0 or cfg.all_patients or not ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
             return {}
         d = self.data
         return validation.validate(self.model, d.cache, d.val_patients, self.device, d.spec, d.label_map)
 
     def checkpoint(self, epoch: int, val: dict[str, float]) -> None:
         """``best.pt`` when ``val`` beats the best so far, then ``last.pt`` (everything a resume
-        needs), each written atomically."""
-        if val and val["dice_mean"] > self.best["dice_mean"]:
-            self.best = {**val, "epoch": epoch + 1}
+        needs), each written atomically. Trained on every patient (no validation), ``best.pt``
+        is the last epoch's model."""
+        if (val and val["dice_mean"] > self.best["dice_mean"]) or self.cfg.all_patients:
+            self.best = {"dice_mean": -1.0, **val, "epoch": epoch + 1}
             save_atomic({"model": self.model.state_dict(), "best": json.dumps(self.best)}, self.best_path)
         state = {"module": self.module.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
                  "epoch": epoch, "best": json.dumps(self.best)}  # fmt: skip

@@ -16,7 +16,7 @@ from test_inference import CountingModel
 import cardioseg.batch.run
 from cardioseg.batch import StudyKind, StudyOptions, plan_studies, pools_studies, run_predict, run_study
 from cardioseg.cli import app
-from cardioseg.errors import QcError
+from cardioseg.errors import DEBUG_HINT, QcError
 
 # ---------------------------------------------------------------------------- one study
 
@@ -104,10 +104,37 @@ def test_an_unforeseen_reader_error_fails_its_study_only(tmp_path, frames, tiny_
     result = runner.invoke(app, ["predict", str(frames), "-o", str(out), "-w", str(tiny_weights_path), *FAST])
     assert result.exit_code == 1
     assert error_lines(result.stderr) == [
-        "cardioseg: error: b: unexpected error: ValueError: buffer is smaller than requested size (dim[3] = 99)"
+        ("cardioseg: error: b: unexpected error: ValueError: buffer is smaller than requested size (dim[3] = 99)"
+        " (a bug: rerun with --debug for the traceback)")
     ]
     assert "Traceback" not in result.output
     assert summary_studies(out) == ["a", "c"] and not (out / "b_seg.nii.gz").exists()
+    debug = runner.invoke(app, ["predict", str(frames), "-o", str(out), "-w", str(tiny_weights_path), *FAST, "--debug"])
+    assert debug.exit_code == 1 and "Traceback (most recent call last)" in debug.stderr
+    assert 'raise ValueError("buffer is smaller than requested size' in debug.stderr
+
+
+def test_an_unforeseen_error_outside_a_study_is_one_line_unless_debug(tmp_path, monkeypatch, capsys):
+    """``cardioseg`` itself (``main``): an exception nobody foresaw is one line and exit code 1."""
+    import sys
+
+    import cardioseg.api
+    from cardioseg.cli import main
+
+    def broken(*args, **kwargs):
+        raise KeyError("engine")
+
+    monkeypatch.setattr(cardioseg.api, "predict", broken)
+    monkeypatch.setattr(sys, "argv", ["cardioseg", "predict", str(tmp_path / "x.nii.gz"), "-o", str(tmp_path / "o")])
+    with pytest.raises(SystemExit) as info:
+        main()
+    assert info.value.code == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "cardioseg: error: unexpected error: KeyError: 'engine' (a bug: rerun with --debug for the traceback)"
+    ]
+    monkeypatch.setattr(sys, "argv", [*sys.argv, "--debug"])
+    with pytest.raises(KeyError):
+        main()
 
 
 class FailingOn:
@@ -132,8 +159,10 @@ def test_an_unforeseen_predictor_error_fails_its_study_only(tmp_path, frames, fp
     out.mkdir()
     results = run_predict(plan_studies([frames], None, None), FailingOn(fp32_predictor, 1, exc), out, StudyOptions())
     assert [(r.study.name, r.error) for r in results] == [
-        ("a", None), ("b", f"unexpected error: {type(exc).__name__}" + (f": {exc}" if str(exc) else "")), ("c", None)
+        ("a", None), ("b", f"unexpected error: {type(exc).__name__}" + (f": {exc}" if str(exc) else "") + DEBUG_HINT),
+        ("c", None),
     ]  # fmt: skip
+    assert "Traceback" in (results[1].traceback or "") and results[0].traceback is None
     assert summary_studies(out) == ["a", "c"]
 
 

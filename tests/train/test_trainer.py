@@ -192,3 +192,26 @@ def test_validate_is_due_every_val_every_epochs_and_at_the_end(tiny_cache: Path,
     assert rows[0]["val_json"] == "{}" and path.is_file()
     trainer = Trainer(tiny_cfg(tiny_cache, tmp_path / "other", epochs=3, val_every=2), rank=1, world=2)
     assert trainer.validate(1) == {}  # rank 1 never validates
+
+
+def test_all_patients_trains_on_every_patient_without_validation_and_exports_the_last_epoch(
+    tiny_cache: Path, tmp_path: Path
+) -> None:
+    from dataclasses import replace
+
+    from cardioseg.dataset import load_cache
+    from cardioseg.weights import load_weights
+
+    out = tmp_path / "all"
+    cfg = replace(tiny_cfg(tiny_cache, out, epochs=2), all_patients=True)
+    messages: list[str] = []
+    path = train(cfg, callbacks=logger(messages))
+    assert path.name == "unet2d-acdc-all.pt"
+    rows = log_rows(out)
+    assert [r["epoch"] for r in rows] == ["1", "2"] and all(r["val_dice_mean"] == "nan" for r in rows)
+    training = load_weights(path).meta["training"]
+    assert training["train_patients"] == sorted(load_cache(tiny_cache).patients) and training["val_patients"] == []
+    assert training["best_epoch"] == 2 and "no validation" in training["split"]
+    assert any("last epoch 2, no validation" in m for m in messages)
+    messages.clear()
+    assert train(replace(cfg, epochs=3), resume=True, callbacks=logger(messages)) == path
