@@ -6,6 +6,7 @@ DICOM folders to ``cardioseg predict``.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
@@ -136,3 +137,57 @@ def coded_volume(nx: int = 7, ny: int = 5, nz: int = 4, nt: int = 3) -> np.ndarr
     """int16 (X, Y, Z, T) whose every voxel tells its own index: ``i + 8 j + 64 k + 512 t``."""
     i, j, k, t = np.meshgrid(np.arange(nx), np.arange(ny), np.arange(nz), np.arange(nt), indexing="ij")
     return (i + 8 * j + 64 * k + 512 * t).astype(np.int16)
+
+
+# ---------------------------------------------------------------------------- damaging files
+
+_LONG_VRS = {b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN", b"OD", b"OL", b"UC", b"UR", b"OV", b"SV", b"UV"}
+
+
+def dicom_elements(raw: bytes) -> list[tuple[int, int, int, int]]:
+    """(start, end, group, element) of each top-level element of a file written by
+    ``write_dicom_series`` (explicit-VR file meta, then explicit or implicit VR little endian)."""
+    out, pos, implicit = [], 132, False
+    while pos + 8 <= len(raw):
+        group, element = struct.unpack_from("<HH", raw, pos)
+        if group != 2 and implicit:
+            length, head = struct.unpack_from("<I", raw, pos + 4)[0], 8
+        elif raw[pos + 4 : pos + 6] in _LONG_VRS:
+            length, head = struct.unpack_from("<I", raw, pos + 8)[0], 12
+        else:
+            length, head = struct.unpack_from("<H", raw, pos + 6)[0], 8
+        if (group, element) == (2, 0x10):
+            implicit = raw[pos + head : pos + head + length].rstrip(b"\0 ") == b"1.2.840.10008.1.2"
+        out.append((pos, pos + head + length, group, element))
+        pos += head + length
+    return out
+
+
+def drop_element(path: Path, tag: tuple[int, int]) -> Path:
+    """Remove the top-level element ``tag`` (group, element) from a DICOM file in place."""
+    raw = path.read_bytes()
+    for start, end, group, element in dicom_elements(raw):
+        if (group, element) == tag:
+            path.write_bytes(raw[:start] + raw[end:])
+            return path
+    raise KeyError(tag)
+
+
+def write_structured_report(path: Path, series_uid: str = SERIES_UID) -> Path:
+    """A minimal DICOM object without pixel data (a Basic Text SR) in the series ``series_uid``."""
+
+    def element(group: int, elem: int, vr: str, value: bytes | str) -> bytes:
+        data = value.encode() if isinstance(value, str) else value
+        if len(data) % 2:
+            data += b"\0" if vr == "UI" else b" "
+        if vr in ("OB", "UT"):
+            return struct.pack("<HH2sHI", group, elem, vr.encode(), 0, len(data)) + data
+        return struct.pack("<HH2sH", group, elem, vr.encode(), len(data)) + data
+
+    sr_class, uid = "1.2.840.10008.5.1.4.1.1.88.11", "1.2.826.0.1.3680043.8.498.99"
+    meta = (element(2, 1, "OB", b"\0\1") + element(2, 2, "UI", sr_class) + element(2, 3, "UI", uid)
+            + element(2, 0x10, "UI", "1.2.840.10008.1.2.1"))  # fmt: skip
+    body = (element(8, 0x16, "UI", sr_class) + element(8, 0x18, "UI", uid) + element(8, 0x60, "CS", "SR")
+            + element(0x20, 0x0D, "UI", "1.2.3") + element(0x20, 0x0E, "UI", series_uid))  # fmt: skip
+    path.write_bytes(b"\0" * 128 + b"DICM" + element(2, 0, "UL", struct.pack("<I", len(meta))) + meta + body)
+    return path

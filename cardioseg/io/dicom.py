@@ -42,9 +42,11 @@ from cardioseg.io.dicom_headers import (
     list_series,
     new_reader,
     read_header,
+    read_image_headers,
     series_info,
     series_sort_key,
     sitk_reason,
+    skipped_warning,
 )
 from cardioseg.io.volume import Volume, VolumeMeta
 
@@ -339,7 +341,10 @@ def read_dicom_series(
     files = find_dicom_files(p)
     if not files:
         raise UnsupportedInputError(f'No DICOM files in "{p}" (looked for files with the "DICM" marker at byte 128)')
-    groups = group_series([read_header(f) for f in files])
+    image_headers, skipped = read_image_headers(files)
+    if not image_headers:
+        raise UnsupportedInputError(f'No DICOM images in "{p}": its {len(files)} DICOM file(s) hold no pixel data')
+    groups = group_series(image_headers)
     headers = _select_series(groups, series_uid, p)
     uid = headers[0].series_uid or "(no SeriesInstanceUID)"
     label = f'DICOM series {uid} in "{p}"'
@@ -366,4 +371,4 @@ def read_dicom_series(
     assert data is not None
     if nt == 1:
         data = data[..., 0]
-    return Volume(data=data, affine=stack.affine, path=p, header=None, meta=stack.meta)
+    return Volume(data=data, affine=stack.affine, path=p, header=None, meta=stack.meta.with_warnings(*skipped_warning(skipped)))

@@ -276,9 +276,61 @@ def series_sort_key(info: SeriesInfo) -> tuple[int, str]:
     return (info.series_number if info.series_number is not None else 1 << 30, info.uid)
 
 
+PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) PixelData, little endian as in every file GDCM reads
+SOP_CLASS_TAG = b"\x08\x00\x16\x00"  # (0008,0016) SOPClassUID
+NON_IMAGE_SOP_CLASSES = (  # storage classes without pixels that PACS exports put beside the images
+    "1.2.840.10008.5.1.4.1.1.88.",  # structured reports, key object selection
+    "1.2.840.10008.5.1.4.1.1.11.",  # presentation states
+    "1.2.840.10008.5.1.4.1.1.104.",  # encapsulated PDF/CDA
+    "1.2.840.10008.5.1.4.1.1.66",  # raw data, registrations, fiducials
+    "1.2.840.10008.5.1.4.1.1.9.",  # waveforms (ECG)
+    "1.2.840.10008.5.1.4.1.1.481.",  # radiotherapy objects
+)
+
+
+def non_image_sop_class(path: Path) -> str | None:
+    """The SOPClassUID of a DICOM object of a storage class without pixels (a structured
+    report, presentation state, ECG waveform, ...) that has no PixelData; else None (an image,
+    or a damaged image file, which must stay an error)."""
+    try:
+        raw = path.read_bytes()
+    except OSError:
+        return None
+    at = raw.find(SOP_CLASS_TAG, 132)
+    if at < 0 or PIXEL_DATA_TAG in raw:
+        return None
+    explicit = raw[at + 4 : at + 6] == b"UI"
+    length = int.from_bytes(raw[at + 6 : at + 8] if explicit else raw[at + 4 : at + 8], "little")
+    start = at + 8  # explicit VR: tag, "UI", 2-byte length; implicit: tag, 4-byte length
+    uid = raw[start : start + min(length, 64)].rstrip(b"\0 ").decode("ascii", "replace")
+    return uid if uid.startswith(NON_IMAGE_SOP_CLASSES) else None
+
+
+def read_image_headers(files: Sequence[Path]) -> tuple[list[DicomHeader], list[Path]]:
+    """The headers of the image files among ``files`` and the DICOM objects of a storage class
+    without pixels that were left out (``non_image_sop_class``); any other file that cannot be
+    read raises UnreadableInputError."""
+    headers, skipped = [], []
+    for f in files:
+        try:
+            headers.append(read_header(f))
+        except UnreadableInputError:
+            if non_image_sop_class(f) is None:
+                raise
+            skipped.append(f)
+    return headers, skipped
+
+
+def skipped_warning(skipped: Sequence[Path]) -> list[str]:
+    if not skipped:
+        return []
+    names = ", ".join(f'"{p.name}"' for p in skipped[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
+    return [f"Ignored {len(skipped)} DICOM object(s) without pixel data ({names}: reports or presentation states, not images)."]
+
+
 def list_series(folder: str | os.PathLike[str]) -> list[SeriesInfo]:
     """The DICOM series found under ``folder`` (headers only), sorted by SeriesNumber then UID."""
-    headers = [read_header(p) for p in find_dicom_files(folder)]
+    headers, _ = read_image_headers(find_dicom_files(folder))
     infos = [series_info(group) for group in group_series(headers).values()]
     return sorted(infos, key=series_sort_key)
 

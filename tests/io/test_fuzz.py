@@ -165,3 +165,75 @@ def test_a_batch_of_damaged_files_never_stops_the_good_one(tmp_path, bases, smal
         else:
             assert sum(f"{stem}:" in line for line in errors) == 1, (stem, errors)
     assert len(errors) == 25 - sum(n.endswith("_seg.nii.gz") for n in written)
+
+
+# ---------------------------------------------------------------------------- DICOM
+
+DICOM_TAGS = [(0x20, 0x32), (0x28, 0x30), (0x20, 0x37), (0x28, 0x10), (0x28, 0x11), (0x7FE0, 0x10), (0x20, 0x0E),
+              (0x18, 0x1060), (0x20, 0x13), (0x28, 0x100), (0x8, 0x16), (0x18, 0x50), (0x28, 0x2)]  # fmt: skip
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    fault=st.sampled_from(["drop", "truncate", "flip", "garbage"]),
+    tag=st.sampled_from(DICOM_TAGS),
+    which=st.integers(0, 3),
+    where=st.floats(0.0, 1.0),
+)
+def test_a_damaged_dicom_series_is_read_or_refused_in_one_line(tmp_path_factory, fault, tag, which, where):
+    """One file of a 2-slice, 2-phase series loses a tag (ImagePositionPatient, PixelSpacing,
+    Rows, PixelData, ...), is truncated, has a byte flipped or is replaced by garbage: the
+    series is read (a Volume on the grid of its headers) or refused with one line."""
+    from dicom_writer import coded_volume, drop_element, write_dicom_series
+
+    from cardioseg.errors import CardiosegError
+    from cardioseg.io import read_volume
+
+    folder = tmp_path_factory.mktemp("series")
+    files = write_dicom_series(folder, coded_volume(nz=2, nt=2))
+    victim = files[sorted(files)[which]]
+    raw = victim.read_bytes()
+    if fault == "drop":
+        drop_element(victim, tag)
+    elif fault == "truncate":
+        victim.write_bytes(raw[: int(where * len(raw))])
+    elif fault == "flip":
+        pos = min(len(raw) - 1, int(where * len(raw)))
+        victim.write_bytes(raw[:pos] + bytes([raw[pos] ^ 0x5A]) + raw[pos + 1 :])
+    else:
+        victim.write_bytes(raw[:132] + bytes(random.Random(int(where * 1e6)).randbytes(len(raw) - 132)))
+    try:
+        vol = read_volume(folder)
+    except CardiosegError as exc:
+        assert "\n" not in str(exc), str(exc)
+    else:
+        assert vol.data.shape[:2] == (7, 5) and np.all(np.isfinite(vol.affine))
+
+
+def test_a_dicom_object_without_pixels_beside_the_images_is_ignored_with_a_warning(tmp_path):
+    from dicom_writer import coded_volume, write_dicom_series, write_structured_report
+
+    from cardioseg.errors import UnsupportedInputError
+    from cardioseg.io import read_volume
+
+    vol = coded_volume(nz=2, nt=2)
+    write_dicom_series(tmp_path / "s", vol)
+    write_structured_report(tmp_path / "s" / "SR0001.dcm")
+    read = read_volume(tmp_path / "s")
+    assert np.array_equal(read.data, vol)
+    assert read.meta.warnings == ('Ignored 1 DICOM object(s) without pixel data ("SR0001.dcm": reports or presentation states, not images).',)
+    write_structured_report(tmp_path / "only" / "SR0001.dcm") if (tmp_path / "only").mkdir() is None else None
+    with pytest.raises(UnsupportedInputError, match="hold no pixel data"):
+        read_volume(tmp_path / "only")
+
+
+def test_a_dicom_series_missing_a_geometry_tag_is_named(tmp_path):
+    from dicom_writer import coded_volume, drop_element, write_dicom_series
+
+    from cardioseg.errors import CardiosegError
+    from cardioseg.io import read_volume
+
+    files = write_dicom_series(tmp_path, coded_volume(nz=2, nt=2))
+    victim = drop_element(files[sorted(files)[1]], (0x28, 0x30))
+    with pytest.raises(CardiosegError, match=rf'"{victim}" has no PixelSpacing \(0028,0030\)'):
+        read_volume(tmp_path)
