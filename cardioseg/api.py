@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
@@ -163,20 +163,28 @@ def predict(
         from cardioseg.overlay import require_matplotlib
 
         require_matplotlib()
+    predict_opts = _pick(options, PredictOptions, "predict", also=batch.StudyOptions)
+    resolved = asdict(predictor.options) if predictor is not None else asdict(PredictOptions(**predict_opts))
+    fingerprint = batch.make_fingerprint(_weights_sha256(predictor, weights), resolved, asdict(study_options))
+    study_options = replace(study_options, fingerprint=fingerprint)
     created = batch.prepare_out_dir(out, mine)
     try:
         batch.clean_stale_temps(out, mine)
-        done, todo = batch.split_finished(mine, out, study_options) if skip else ([], mine)
+        changed: dict[str, list[str]] = {}
+        done, todo = batch.split_finished(mine, out, study_options, changed) if skip else ([], mine)
         if on_note is not None and n_parts > 1:
             how = ", from the Slurm job array" if from_slurm else ""
             on_note(f"part {part} of {n_parts} (0-based{how}): {len(mine)} of {len(studies)} studies")
         if on_note is not None and done:
             on_note(f"{len(done)} of {len(mine)} studies done before, skipped (--overwrite recomputes them)")
+        if on_note is not None and changed:
+            reasons = sorted({r for rs in changed.values() for r in rs})
+            on_note(f"{len(changed)} recomputed: {', '.join(reasons)}")
         if not todo:
             batch.refresh_summary(out)
             return done
         if predictor is None:
-            predictor = load_predictor(weights, threads, **_pick(options, PredictOptions, "predict", also=batch.StudyOptions))
+            predictor = load_predictor(weights, threads, **predict_opts)
         if on_start is not None:
             on_start(len(todo), len(done))
         return done + batch.run_predict(todo, predictor, out, study_options, on_frame, on_result)
@@ -240,6 +248,25 @@ def _pick(options: dict[str, Any], cls: type, caller: str, also: type | None = N
     if unknown:
         raise _config_error(f"{caller}() got unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
     return {k: v for k, v in options.items() if k in mine}
+
+
+def _weights_sha256(predictor: Any, weights: WeightsSpec | Sequence[WeightsSpec]) -> list[str]:
+    """The file sha256 of every member of the weights, without loading them (a registered
+    name: its registry entry; a file: hashed; a predictor or loaded weights: what they say)."""
+    from cardioseg.weights import LoadedWeights, resolve, sha256_file
+
+    if predictor is not None:
+        report = predictor.weights_report
+        return [m["sha256"] for m in report.get("members", [report])]
+    specs: list[Any] = list(weights) if isinstance(weights, (list, tuple)) else [weights]
+    out = []
+    for spec in specs or [None]:
+        if isinstance(spec, LoadedWeights):
+            out.append(spec.file_sha256)
+            continue
+        entry, expected = resolve(spec)
+        out.append(expected if expected is not None else sha256_file(Path(str(entry))))
+    return out
 
 
 def _remove_if_empty(folder: Path, created: bool) -> None:

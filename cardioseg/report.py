@@ -60,6 +60,7 @@ def build_report(
     subject: dict[str, Any],
     warnings: list[str] | None = None,
     segmentation: dict[str, Any] | None = None,
+    fingerprint: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON report of one study (plain types only; NaN becomes null when written).
 
@@ -70,6 +71,7 @@ def build_report(
     ``weights`` is ``{"name", "sha256"}`` for one model; for an ensemble it is
     ``{"name": "a+b+...", "ensemble": "vote"|"mean", "members": [{"name", "sha256"}, ...]}``.
     ``segmentation``: how the masks were made (crop, clean-up, where stage 1 found the heart).
+    ``fingerprint``: every setting the result depends on (``cardioseg.batch.fingerprint``).
     """
     return {
         "study": study,
@@ -91,6 +93,7 @@ def build_report(
         "image": image,
         "weights": weights,
         **({"segmentation": segmentation} if segmentation is not None else {}),
+        **({"fingerprint": fingerprint} if fingerprint is not None else {}),
         "versions": versions(),
         "device": device,
         "precision": precision,

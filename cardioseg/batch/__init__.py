@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+from cardioseg.batch.fingerprint import changed_settings, make_fingerprint
 from cardioseg.batch.outputs import (
     MASK_SUFFIX,
     OVERLAY_SUFFIX,
@@ -53,6 +54,7 @@ __all__ = [
     "StudyKind",
     "StudyOptions",
     "StudyResult",
+    "changed_settings",
     "check_output_name",
     "clean_stale_temps",
     "expand_inputs",
@@ -61,6 +63,7 @@ __all__ = [
     "finished_report",
     "folder_contents",
     "is_pattern",
+    "make_fingerprint",
     "mask_path",
     "output_paths",
     "overlay_path",

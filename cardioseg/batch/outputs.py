@@ -20,6 +20,7 @@ from io import StringIO
 from pathlib import Path
 from typing import Any
 
+from cardioseg.batch.fingerprint import changed_settings
 from cardioseg.batch.studies import Study, StudyOptions, StudyResult
 from cardioseg.errors import CardiosegError, ConfigError
 from cardioseg.io import strip_image_suffix, temp_target, write_text_atomic
@@ -79,14 +80,23 @@ def finished_report(
     return report if report is not None and report.get("study") == study.name else None
 
 
-def split_finished(studies: list[Study], out_dir: Path, options: StudyOptions) -> tuple[list[StudyResult], list[Study]]:
-    """(results of the studies an earlier run finished, the studies still to run)."""
+def split_finished(
+    studies: list[Study], out_dir: Path, options: StudyOptions, changed: dict[str, list[str]] | None = None
+) -> tuple[list[StudyResult], list[Study]]:
+    """(results of the studies an earlier run finished, the studies still to run).
+
+    With ``options.fingerprint``, a finished study whose report holds another fingerprint
+    (other weights, options or version) is to run again; ``changed`` (when given) gets, for
+    each such study, the settings that changed."""
     present = set(os.listdir(out_dir)) if out_dir.is_dir() else set()
     done: list[StudyResult] = []
     todo: list[Study] = []
     for study in studies:
         report = finished_report(study, out_dir, options, present)
-        if report is None:
+        stale = [] if report is None or options.fingerprint is None else changed_settings(report.get("fingerprint"), options.fingerprint)
+        if stale and changed is not None:
+            changed[study.name] = stale
+        if report is None or stale:
             todo.append(study)
         else:
             done.append(StudyResult(study, expected_outputs(study, out_dir, options), report, skipped=True))

@@ -92,6 +92,7 @@ def study_report(
         subject={"height_cm": m.height_cm, "weight_kg": m.weight_kg, "group": study.group},
         warnings=[w for v in volumes for w in v.meta.warnings],
         segmentation=segmentation_report(predictor, localisation, agreement),
+        fingerprint=options.fingerprint,
     )
 
 

@@ -31,6 +31,7 @@ from cardioseg.batch import (
 )
 from cardioseg.cli import app
 from cardioseg.errors import ConfigError
+from cardioseg.weights import sha256_file
 
 # ---------------------------------------------------------------------------- names
 
@@ -120,6 +121,40 @@ def test_skip_existing_resumes_a_batch(tmp_path, frames, tiny_weights_path, monk
     runs.ran.clear()  # --overwrite recomputes everything
     assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0
     assert runs.ran == ["a", "b", "c"]
+
+
+def test_a_finished_study_made_with_other_weights_or_options_is_recomputed(tmp_path, frames, tiny_weights_path, monkeypatch):
+    """The report's fingerprint (weights sha256, inference and study options, version) must
+    match what is asked; job-array parts with the same options still skip each other's work."""
+    from conftest import export_tiny_weights
+
+    other = export_tiny_weights(tmp_path / "other.pt", seed=1)
+    out = tmp_path / "out"
+    base = ["predict", str(frames), "-o", str(out), *FAST[:-1]]
+    runs = CountRuns(monkeypatch)
+    assert runner.invoke(app, [*base, "-w", str(tiny_weights_path), "-q"]).exit_code == 0
+    stored = json.loads((out / "a_report.json").read_text())["fingerprint"]
+    assert stored["settings"]["weights"] == [sha256_file(tiny_weights_path)] and len(stored["sha256"]) == 64
+    runs.ran.clear()
+    result = runner.invoke(app, [*base, "-w", str(other)])
+    assert result.exit_code == 0 and runs.ran == ["a", "b", "c"]
+    assert "3 recomputed: weights changed\n" in result.stderr
+    assert json.loads((out / "a_report.json").read_text())["weights"]["sha256"] == sha256_file(other)
+    runs.ran.clear()
+    result = runner.invoke(app, [*base, "-w", str(other), "--no-tta", "--myo-density", "1.1"])
+    assert runs.ran == ["a", "b", "c"] and "3 recomputed: density changed, tta changed\n" in result.stderr
+    runs.ran.clear()
+    result = runner.invoke(app, [*base, "-w", str(other), "--no-tta", "--myo-density", "1.1"])
+    assert runs.ran == [] and "3 of 3 studies done before, skipped" in result.stderr
+    for part in ("0", "1"):  # two parts of a job array, same options: nothing to redo
+        result = runner.invoke(app, [*base, "-w", str(other), "--no-tta", "--myo-density", "1.1",
+                                     "--num-parts", "2", "--part-id", part])  # fmt: skip
+        assert result.exit_code == 0 and runs.ran == [] and "recomputed" not in result.stderr
+    report = json.loads((out / "b_report.json").read_text())
+    report.pop("fingerprint")  # a report of an older cardioseg
+    (out / "b_report.json").write_text(json.dumps(report))
+    result = runner.invoke(app, [*base, "-w", str(other), "--no-tta", "--myo-density", "1.1"])
+    assert runs.ran == ["b"] and "1 recomputed: made by an older cardioseg" in result.stderr
 
 
 def test_single_study_is_recomputed_unless_skip_existing(tmp_path, frames, tiny_weights_path, monkeypatch):
