@@ -186,5 +186,50 @@ def test_checkpoint_that_does_not_fit_its_architecture(tmp_path):
     ckpt["architecture"] = {"name": "unet2d", "kwargs": {"in_channels": 1, "num_classes": 4, "base": 8, "depth": 4}}
     torch.save(ckpt, p)
     w = load_weights(p)  # the file itself is consistent ...
-    with pytest.raises(WeightsError, match="does not fit"):
+    with pytest.raises(WeightsError, match="do not fit their architecture"):
         w.build_model()  # ... but not with the architecture it names
+
+
+class _Foreign:
+    """A class a pickle may reference: weights_only=True refuses to build it."""
+
+
+def _make_bad(kind: str, path: Path, good: Path) -> Path:
+    if kind == "text":
+        path.write_text("not weights\n")
+    elif kind == "truncated":
+        path.write_bytes(good.read_bytes()[: good.stat().st_size // 3])
+    elif kind == "foreign":
+        torch.save({"x": _Foreign()}, path)
+    elif kind == "plain_state_dict":
+        torch.save({"conv.weight": torch.zeros(3)}, path)
+    else:  # another architecture's parameters under this checkpoint's description
+        ckpt = torch.load(good, weights_only=True)
+        ckpt["architecture"]["kwargs"]["base"] = 2 * ckpt["architecture"]["kwargs"]["base"]
+        torch.save(ckpt, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("kind", "needle"),
+    [
+        ("text", "is not a PyTorch checkpoint (not a zip archive"),
+        ("truncated", "is truncated or damaged"),
+        ("foreign", "holds Python objects other than tensors"),
+        ("plain_state_dict", "are not a cardioseg-weights/1 checkpoint (the file holds a dict with keys conv.weight"),
+        ("other_architecture", "do not fit their architecture unet2d"),
+    ],
+)
+def test_weights_that_are_not_cardioseg_checkpoints_are_one_line_through_the_cli(tmp_path, tiny_weights_path, small_phantom, kind, needle):
+    from conftest import save_nifti
+    from typer.testing import CliRunner
+
+    from cardioseg.cli import app
+
+    bad = _make_bad(kind, tmp_path / f"{kind}.pt", tiny_weights_path)
+    frame = save_nifti(tmp_path / "f.nii.gz", small_phantom.image[..., 0], small_phantom.affine)
+    result = CliRunner().invoke(app, ["predict", str(frame), "-o", str(tmp_path / "out"), "-w", str(bad), "-q"])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 1 and len(lines) == 1, result.stderr
+    assert lines[0].startswith(f'cardioseg: error: weights "{bad}"') and needle in lines[0], lines[0]
+    assert "weights_only" not in lines[0] and "Traceback" not in result.stderr

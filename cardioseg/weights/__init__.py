@@ -112,12 +112,21 @@ class LoadedWeights:
         """The network with these weights, in eval mode, fp32, on the CPU."""
         from cardioseg.models import build_model
 
-        model = build_model(self.architecture["name"], **self.architecture.get("kwargs", {}))
+        try:
+            model = build_model(self.architecture["name"], **self.architecture.get("kwargs", {}))
+        except (CardiosegError, TypeError) as exc:
+            raise WeightsError(f'weights "{self.path}" describe an architecture this cardioseg cannot build ({exc})') from None
         state = {k: v.float() if v.is_floating_point() else v for k, v in self.state_dict.items()}
         try:
             model.load_state_dict(state)
         except RuntimeError as exc:
-            raise WeightsError(f'"{self.path}" does not fit architecture {self.architecture}: {exc}') from None
+            text = str(exc)
+            counts = {what: text.count(what) for what in ("size mismatch", "Missing key", "Unexpected key")}
+            detail = ", ".join(f"{k.lower()}: {v}" for k, v in counts.items() if v) or text.splitlines()[0]
+            raise WeightsError(
+                f'weights "{self.path}" do not fit their architecture {self.architecture.get("name")} '
+                f"{self.architecture.get('kwargs', {})} ({detail}): a checkpoint of another network?"
+            ) from None
         return model.eval()
 
 
@@ -144,6 +153,27 @@ def load_weights(spec: str | os.PathLike[str] | None = None) -> LoadedWeights:
         return _load_verified(path, expected)
 
 
+def _load_failure(path: Path, exc: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, in words and on one line (PyTorch's own
+    messages span many lines and suggest unpickling untrusted code)."""
+    import zipfile
+
+    text = str(exc)
+    head = path.read_bytes()[:2]
+    if head == b"PK" and ("central directory" in text or not zipfile.is_zipfile(path)):
+        return "the file is truncated or damaged (its zip archive is incomplete)"
+    if head[:1] != b"\x80" and not zipfile.is_zipfile(path):
+        return "it is not a PyTorch checkpoint (not a zip archive; a text file, or truncated?)"
+    if "Weights only load failed" in text:
+        return "it holds Python objects other than tensors, which cardioseg refuses to unpickle (not a cardioseg checkpoint)"
+    if not zipfile.is_zipfile(path):
+        return "it is an old-style pickle, not a cardioseg checkpoint"
+    if "PytorchStreamReader" in text:
+        return "the file is damaged (its zip archive cannot be read)"
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"{type(exc).__name__}: {first[:200]}"
+
+
 def _load_verified(path: Path, expected: str | None) -> LoadedWeights:
     import torch
 
@@ -153,9 +183,10 @@ def _load_verified(path: Path, expected: str | None) -> LoadedWeights:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means unusable weights
-        raise WeightsError(f'"{path}" is not a loadable cardioseg checkpoint ({type(exc).__name__}: {exc})') from None
+        raise WeightsError(f'weights "{path}" cannot be loaded: {_load_failure(path, exc)}') from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise WeightsError(f'"{path}" is not a {FORMAT} checkpoint')
+        what = f"a dict with keys {', '.join(sorted(map(str, ckpt))[:4])}" if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise WeightsError(f'weights "{path}" are not a {FORMAT} checkpoint (the file holds {what}; export with cardioseg train)')
     if state_sha256(ckpt["state_dict"]) != ckpt.get("state_sha256"):
         raise WeightsError(f'"{path}": parameters do not match their recorded sha256 (corrupted?)')
     meta = {k: v for k, v in ckpt.items() if k not in {"state_dict"}}
