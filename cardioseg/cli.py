@@ -281,9 +281,27 @@ def evaluate(
         raise typer.Exit(code=1)
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: object = None, line: str | None = None) -> None:
+    """Library warnings (numpy, nibabel, SimpleITK, torch) as one ``cardioseg: warning:`` line
+    naming the library, once each, instead of Python's two-line form with a source line."""
+    origin = Path(filename).parts
+    library = next((p for p in ("numpy", "nibabel", "scipy", "SimpleITK", "torch") if p in origin), "cardioseg")
+    text = " ".join(str(message).split())
+    key = (category.__name__, text)
+    if key not in _SEEN_WARNINGS:
+        _SEEN_WARNINGS.add(key)
+        typer.echo(f"cardioseg: warning: {category.__name__} from {library}: {text}", err=True)
+
+
+_SEEN_WARNINGS: set[tuple[str, str]] = set()
+
+
 def main() -> None:
     """The ``cardioseg`` command: an exception nobody foresaw (a bug) is one line and exit
-    code 1 unless ``--debug`` asks for the traceback."""
+    code 1 unless ``--debug`` asks for the traceback; library warnings are one line each."""
+    import warnings
+
+    warnings.showwarning = _one_line_warning
     try:
         app()
     except Exception as exc:  # the last line of defence; --debug re-raises

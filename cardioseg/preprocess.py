@@ -65,7 +65,7 @@ def normalize_intensity(frame: np.ndarray, low_pct: float = 1.0, high_pct: float
     # one float32 working copy, changed in place (the same arithmetic as out-of-place, fewer
     # 2-MB temporaries; ``frame`` itself is never modified)
     clipped = np.clip(data, np.float32(lo), np.float32(hi), out=None if np.may_share_memory(data, frame) else data)
-    mean, std = float(clipped.mean()), float(clipped.std())
+    mean, std = float(clipped.mean(dtype=np.float64)), float(clipped.std(dtype=np.float64))  # float64: no overflow near float32's max
     if std < 1e-8:  # a constant image: nothing to see, map to zeros
         return np.zeros_like(clipped), 0.0
     clipped -= mean  # float32 - Python float: float32 arithmetic, as ``clipped - mean``

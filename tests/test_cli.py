@@ -368,3 +368,26 @@ def test_predict_ensemble_label_map_mismatch_exit_1(tmp_path, cine_file, tiny_we
     assert result.exit_code == 1
     assert "label map" in result.stderr and "tiny-test" in result.stderr and "tiny-mnms" in result.stderr
     assert not out.exists()
+
+
+def test_values_near_the_float32_maximum_normalise_without_a_numpy_warning():
+    import warnings
+
+    from cardioseg.preprocess import normalize_intensity
+
+    data = np.full((32, 32, 3), 3.0e38, np.float32)
+    data[4:20, 4:20] = 1.0e38
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        norm, _ = normalize_intensity(data)
+    assert np.all(np.isfinite(norm)) and abs(float(norm.std()) - 1) < 1e-3
+
+
+def test_library_warnings_are_one_cardioseg_line_each(capsys):
+    from cardioseg.cli import _SEEN_WARNINGS, _one_line_warning
+
+    _SEEN_WARNINGS.clear()
+    for _ in range(2):
+        _one_line_warning(RuntimeWarning("overflow encountered\n in reduce"), RuntimeWarning,
+                          "/venv/lib/site-packages/numpy/_core/_methods.py", 52)  # fmt: skip
+    assert capsys.readouterr().err == "cardioseg: warning: RuntimeWarning from numpy: overflow encountered in reduce\n"
