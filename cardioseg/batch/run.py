@@ -53,6 +53,11 @@ def read_study(study: Study, options: StudyOptions) -> list[Volume]:
                 raise ConfigError(f'{role} "{v.path}" is a 4D cine; give one 3D frame (or pass the cine alone)')
         if volumes[0].data.shape != volumes[1].data.shape:
             raise ConfigError(f"ED and ES frames differ in shape {volumes[0].data.shape} vs {volumes[1].data.shape}")
+    if study.kind is not StudyKind.PAIR and volumes[0].is_cine:  # checked from the header, before any inference
+        n = volumes[0].n_frames
+        for name, value in (("ED", options.ed_frame), ("ES", options.es_frame)):
+            if value is not None and not 0 <= value < n:
+                raise ConfigError(f"{name} frame {value} is outside the cine's frames 0..{n - 1}")
     return volumes
 
 

@@ -325,3 +325,24 @@ def test_batch_studies_on_the_command_line(tmp_path, frames, tiny_weights_path):
     for name in pa:
         if name.endswith(".nii.gz"):
             assert np.array_equal(pa[name], pb[name]), name
+
+
+def test_a_frame_index_outside_the_cine_fails_before_any_inference(tmp_path, small_phantom, fp32_predictor):
+    from conftest import save_nifti
+
+    cine = save_nifti(tmp_path / "cine.nii.gz", small_phantom.image, small_phantom.affine)
+    n = small_phantom.image.shape[3]
+    calls = []
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(fp32_predictor, name)
+
+        def predict(self, *args, **kwargs):
+            calls.append(1)
+            return fp32_predictor.predict(*args, **kwargs)
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (result,) = run_predict(plan_studies([cine], None, None), Counting(), out, StudyOptions(ed_frame=n + 5))
+    assert result.error == f"ED frame {n + 5} is outside the cine's frames 0..{n - 1}" and calls == []
