@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from cardioseg.evaluation import Evaluation
     from cardioseg.inference import Predictor
     from cardioseg.io import Volume
+    from cardioseg.labels import LabelMap
     from cardioseg.weights import LoadedWeights
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -197,8 +198,8 @@ def evaluate(
     ref: PathLike,
     out_dir: PathLike | None = None,
     *,
-    labels: str = "acdc",
-    ref_labels: str | None = None,
+    labels: str | None = None,
+    ref_labels: str = "acdc",
     pred_suffixes: Sequence[str] | None = None,
     ref_suffixes: Sequence[str] | None = None,
     pairs: PathLike | None = None,
@@ -213,7 +214,9 @@ def evaluate(
     HD, HD95, ASSD, MSD per structure and phase, apical/mid/basal Dice, per-group summaries,
     clinical agreement (EF, volumes, mass) and, with ``compare``, paired Wilcoxon tests.
 
-    ``labels``/``ref_labels``: label presets (``acdc``, ``mnms``, ``ukbb``). Writes
+    ``labels``/``ref_labels``: label presets (``acdc``, ``mnms``, ``ukbb``); ``labels`` None:
+    the label map in cardioseg's reports beside the predictions, else ACDC; the references
+    are ACDC unless ``ref_labels`` says otherwise (they never follow ``labels``). Writes
     ``metrics.csv``, ``summary.json``, ``clinical.csv``, ``compare.csv`` (and ``plots/``) into
     ``out_dir`` when given. Failed cases are in ``Evaluation.errors``, not raised.
     """
@@ -222,11 +225,40 @@ def evaluate(
 
     return run_evaluation(
         Path(pred), Path(ref), Path(out_dir) if out_dir is not None else None,
-        pred_labels=get_label_map(labels), ref_labels=get_label_map(ref_labels or labels),
+        pred_labels=get_label_map(labels) if labels is not None else _labels_of_reports(Path(pred), on_note),
+        ref_labels=get_label_map(ref_labels),
         pred_suffixes=tuple(pred_suffixes or PRED_SUFFIXES), ref_suffixes=tuple(ref_suffixes or REF_SUFFIXES),
         pairs=_path(pairs), compare=_path(compare), plots=plots, myo_density_g_ml=myo_density_g_ml,
         regional=regional, progress=progress, on_note=on_note,
     )  # fmt: skip
+
+
+def _labels_of_reports(pred: Path, on_note: Callable[[str], Any] | None) -> LabelMap:
+    """The label map cardioseg's reports beside the predictions record (when they all agree),
+    else ACDC's."""
+    import json
+
+    from cardioseg.labels import ACDC, PRESETS, label_map_from_dict
+
+    folder = pred if pred.is_dir() else pred.parent
+    maps = set()
+    for report in sorted(folder.glob("*_report.json"))[:1000]:
+        try:
+            found = json.loads(report.read_text()).get("label_map")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(found, dict):
+            maps.add(tuple(sorted((str(k), int(v)) for k, v in found.items())))
+    if len(maps) != 1:
+        return ACDC
+    try:
+        lm = label_map_from_dict(dict(maps.pop()))
+    except (KeyError, ValueError):
+        return ACDC
+    named = next((p for p in PRESETS.values() if p.as_dict() == lm.as_dict()), None)
+    if named is not None and named is not ACDC and on_note is not None:
+        on_note(f"predictions read with the {named.name} label map their cardioseg reports record")
+    return named or lm
 
 
 def _path(p: PathLike | None) -> Path | None:

@@ -233,8 +233,11 @@ def test_label_presets(tmp_path):
     mnms = np.where(ref == 1, 3, np.where(ref == 3, 1, ref))  # 1 LV, 3 RV
     assert {k: r["dice"] for k, r in by_label(one_case(tmp_path, mnms, ref, pred_labels=MNMS)).items()} == {
         "rv": 1.0, "myo": 1.0, "lv": 1.0}  # fmt: skip
-    wrong = by_label(one_case(tmp_path, mnms, ref))  # read as ACDC: RV and LV swapped
+    wrong_case = one_case(tmp_path, mnms, ref)  # read as ACDC: RV and LV swapped
+    wrong = by_label(wrong_case)
     assert wrong["rv"]["dice"] == 0.0 and wrong["lv"]["dice"] == 0.0
+    assert wrong_case.swapped == ["predicted LV in the reference RV", "predicted RV in the reference LV"]
+    assert one_case(tmp_path, mnms, ref, pred_labels=MNMS).swapped == []
     assert by_label(one_case(tmp_path, ref, mnms, ref_labels=MNMS))["lv"]["dice"] == 1.0
 
 
@@ -535,3 +538,26 @@ def test_cli_bad_options(tmp_path, folders, monkeypatch, args, needles):
     assert result.exit_code == 1 and "Traceback" not in result.stderr
     assert result.stderr.startswith("cardioseg: error:") and all(n in result.stderr for n in needles)
     assert not (tmp_path / "out").exists()
+
+
+def test_the_label_trap_mnms_predictions_against_acdc_references(tmp_path):
+    """``--labels mnms`` no longer drags the references along (they default to ACDC); cardioseg's
+    own reports say which convention their masks use; a swapped convention is named."""
+    ref = heart()
+    mnms = np.where(ref == 1, 3, np.where(ref == 3, 1, ref))
+    put(tmp_path / "pred" / "c_seg.nii.gz", mnms)
+    put(tmp_path / "ref" / "c_gt.nii.gz", ref)
+    runner = CliRunner()
+    args = ["evaluate", str(tmp_path / "pred"), str(tmp_path / "ref")]
+    good = runner.invoke(app, [*args, "-o", str(tmp_path / "e1"), "--labels", "mnms"])
+    assert good.exit_code == 0, good.output
+    rows = list(csv.DictReader((tmp_path / "e1" / "metrics.csv").read_text().splitlines()))
+    assert {r["label"]: float(r["dice"]) for r in rows} == {"rv": 1.0, "myo": 1.0, "lv": 1.0}
+    swapped = runner.invoke(app, [*args, "-o", str(tmp_path / "e2")])  # read as ACDC: a warning, not silence
+    assert "labels look swapped in 1 of 1 case(s) (predicted LV in the reference RV; predicted RV in the reference LV" in swapped.stderr
+    (tmp_path / "pred" / "c_report.json").write_text(json.dumps({"study": "c", "label_map": MNMS.as_dict()}))
+    auto = runner.invoke(app, [*args, "-o", str(tmp_path / "e3")])  # the report says: M&Ms labels
+    assert auto.exit_code == 0 and "labels look swapped" not in auto.stderr
+    assert "read with the mnms label map their cardioseg reports record" in auto.stderr
+    rows = list(csv.DictReader((tmp_path / "e3" / "metrics.csv").read_text().splitlines()))
+    assert {r["label"]: float(r["dice"]) for r in rows} == {"rv": 1.0, "myo": 1.0, "lv": 1.0}

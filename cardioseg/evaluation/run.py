@@ -55,7 +55,7 @@ def run_evaluation(
 
         require_matplotlib()
     t0 = time.perf_counter()
-    options = EvaluateOptions(pred_labels or ACDC, ref_labels or pred_labels or ACDC, regional)
+    options = EvaluateOptions(pred_labels or ACDC, ref_labels or ACDC, regional)
     pairing = pair_files(pred, ref, pred_suffixes, ref_suffixes)
     pairs_map = read_pairs_csv(pairs) if pairs is not None else None
     cases = describe_cases(pairing.cases, pairs_map)
@@ -73,6 +73,12 @@ def run_evaluation(
             progress(done, total)
 
     ev = evaluate(cases, options, myo_density_g_ml, progress=advance)
+    swapped = [r for r in ev.results if r.swapped]
+    if swapped and on_note is not None:
+        what = sorted({s for r in swapped for s in r.swapped})
+        on_note(f"labels look swapped in {len(swapped)} of {len(cases)} case(s) ({'; '.join(what)}; e.g. {swapped[0].case.key}): "
+                f"predictions read as {options.pred_labels.name} {options.pred_labels.as_dict()}, references as "
+                f"{options.ref_labels.name} {options.ref_labels.as_dict()}; check --labels/--ref-labels")  # fmt: skip
     if pairing_b is not None:
         ev_b = evaluate(describe_cases(pairing_b.cases, pairs_map), options, myo_density_g_ml, progress=advance)
         ev.compare = compare_rows(ev.rows, ev_b.rows)

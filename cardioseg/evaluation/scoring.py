@@ -49,6 +49,26 @@ class CaseResult:
     frames: list[FrameResult] = field(default_factory=list)
     error: str | None = None
     seconds: float = 0.0
+    swapped: list[str] = field(default_factory=list)  # e.g. "predicted LV in the reference RV" (a label convention mix-up?)
+
+
+SWAP_FRACTION = 0.5  # a predicted structure with more than this share inside another reference structure...
+SWAP_OWN_FRACTION = 0.2  # ...and less than this inside its own: the label conventions look swapped
+
+
+def swapped_structures(pred: np.ndarray, ref: np.ndarray, options: EvaluateOptions) -> list[str]:
+    """The predicted cavities (LV, RV) that lie mostly in the other reference cavity: what a
+    swapped label convention (``--labels``/``--ref-labels``) looks like, not a bad method."""
+    pl, rl = options.pred_labels.structures, options.ref_labels.structures
+    out = []
+    for mine, other in (("lv", "rv"), ("rv", "lv")):
+        p = pred == pl[mine]
+        n = int(p.sum())
+        if n == 0:
+            continue
+        if float((p & (ref == rl[other])).sum()) / n > SWAP_FRACTION and float((p & (ref == rl[mine])).sum()) / n < SWAP_OWN_FRACTION:
+            out.append(f"predicted {mine.upper()} in the reference {other.upper()}")
+    return out
 
 
 def _labels_array(data: np.ndarray, lm: LabelMap, path: Path) -> np.ndarray:
@@ -130,6 +150,7 @@ def evaluate_case(case: Case, options: EvaluateOptions = EvaluateOptions()) -> C
             volumes = frame_volumes(p, voxel_ml, options.pred_labels), frame_volumes(r, voxel_ml, options.ref_labels)
             rows = _frame_metrics(p, r, spacing, volumes, slice_axis, options)
             result.frames.append(FrameResult(t, phases.get(t), rows, *volumes))
+            result.swapped += [s for s in swapped_structures(p, r, options) if s not in result.swapped]
     except CardiosegError as exc:
         result.error = str(exc)
         result.frames = []
