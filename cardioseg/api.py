@@ -188,7 +188,10 @@ def predict(
             predictor = load_predictor(weights, threads, **predict_opts)
         if on_start is not None:
             on_start(len(todo), len(done))
-        return done + batch.run_predict(todo, predictor, out, study_options, on_frame, on_result)
+        try:
+            return done + batch.run_predict(todo, predictor, out, study_options, on_frame, on_result)
+        except batch.BatchInterrupted as exc:
+            raise batch.BatchInterrupted(exc.done + len(done), len(mine)) from None
     finally:
         _remove_if_empty(out, created)
 

@@ -123,6 +123,11 @@ def predict(
             )  # fmt: skip
     except CardiosegError as exc:
         raise _fail(str(exc)) from None
+    except KeyboardInterrupt as exc:
+        done, total = getattr(exc, "done", None), getattr(exc, "total", None)
+        counts = f"{done} of {total} studies done; " if done is not None else ""
+        typer.echo(f"\ncardioseg: interrupted: {counts}rerun the same command to finish", err=True)
+        raise typer.Exit(code=130) from None
     ran = [r for r in results if not r.skipped]
     for r in ran:
         for text in r.warnings:

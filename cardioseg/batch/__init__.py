@@ -42,13 +42,14 @@ from cardioseg.batch.planning import (
 from cardioseg.batch.run import pools_studies, read_study, run_predict, run_study
 from cardioseg.batch.segmenter import Segmenter
 from cardioseg.batch.sharding import resolve_parts, shard, slurm_array
-from cardioseg.batch.studies import Study, StudyKind, StudyOptions, StudyResult
+from cardioseg.batch.studies import BatchInterrupted, Study, StudyKind, StudyOptions, StudyResult
 
 __all__ = [
     "MASK_SUFFIX",
     "OVERLAY_SUFFIX",
     "REPORT_SUFFIX",
     "SUMMARY_NAME",
+    "BatchInterrupted",
     "Segmenter",
     "Study",
     "StudyKind",

@@ -26,7 +26,7 @@ import numpy as np
 from cardioseg.batch.measure import Measurements, measure_study
 from cardioseg.batch.outputs import output_paths, overlay_path, refresh_summary
 from cardioseg.batch.segmenter import Segmenter
-from cardioseg.batch.studies import Study, StudyKind, StudyOptions, StudyResult
+from cardioseg.batch.studies import BatchInterrupted, Study, StudyKind, StudyOptions, StudyResult
 from cardioseg.errors import DEBUG_HINT, CardiosegError, ConfigError, UnsupportedInputError
 from cardioseg.io import Volume, read_volume, write_mask
 from cardioseg.report import build_report, write_report
@@ -278,6 +278,7 @@ def run_predict(
             on_result(result)
 
     reads = _ReadAhead(studies, options, readers)
+    interrupted = False
     try:
         k = 0
         while k < len(studies):
@@ -298,9 +299,13 @@ def run_predict(
             for result in _run_group(group, predictor, out_dir, options, progress):
                 finish(result)
             del group
+    except KeyboardInterrupt:
+        interrupted = True
     finally:
         reads.close()
-    refresh_summary(out_dir)
+        refresh_summary(out_dir)  # also after Ctrl-C: the summary of what is finished
+    if interrupted:
+        raise BatchInterrupted(sum(1 for r in results if not r.error), len(studies))
     return results
 
 

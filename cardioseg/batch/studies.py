@@ -62,6 +62,15 @@ class StudyOptions:
     fingerprint: dict[str, Any] | None = None  # set by api.predict (batch.fingerprint): stored in reports, checked on resume
 
 
+class BatchInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a batch, after ``summary.csv`` was rebuilt from the finished studies:
+    ``done`` of ``total`` studies are finished (a rerun of the same command does the rest)."""
+
+    def __init__(self, done: int, total: int) -> None:
+        super().__init__(f"interrupted: {done} of {total} studies done")
+        self.done, self.total = done, total
+
+
 @dataclass
 class StudyResult:
     study: Study

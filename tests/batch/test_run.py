@@ -169,9 +169,30 @@ def test_an_unforeseen_predictor_error_fails_its_study_only(tmp_path, frames, fp
 def test_ctrl_c_still_stops_the_batch(tmp_path, frames, fp32_predictor):
     out = tmp_path / "out"
     out.mkdir()
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt) as info:
         run_predict(plan_studies([frames], None, None), FailingOn(fp32_predictor, 1, KeyboardInterrupt()), out, StudyOptions())
-    assert sorted(p.name for p in out.iterdir()) == ["a_report.json", "a_seg.nii.gz"]
+    assert (info.value.done, info.value.total) == (1, 3)
+    assert sorted(p.name for p in out.iterdir()) == ["a_report.json", "a_seg.nii.gz", "summary.csv"]
+    assert summary_studies(out) == ["a"]
+
+
+def test_ctrl_c_through_the_cli_says_what_is_done_and_exits_130(tmp_path, frames, tiny_weights_path, monkeypatch):
+    real = cardioseg.batch.run.run_study
+
+    def run_study(study, *args, **kwargs):
+        if study.name == "b":
+            raise KeyboardInterrupt
+        return real(study, *args, **kwargs)
+
+    monkeypatch.setattr(cardioseg.batch.run, "run_study", run_study)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["predict", str(frames), "-o", str(out), "-w", str(tiny_weights_path), *FAST])
+    assert result.exit_code == 130
+    assert error_lines(result.stderr) == ["cardioseg: interrupted: 1 of 3 studies done; rerun the same command to finish"]
+    assert summary_studies(out) == ["a"]
+    single = tmp_path / "single"  # one study interrupted: the folder this run made is removed again
+    result = runner.invoke(app, ["predict", str(frames / "b.nii.gz"), "-o", str(single), "-w", str(tiny_weights_path), *FAST])
+    assert result.exit_code == 130 and not single.exists()
 
 
 # ---------------------------------------------------------------------------- read-ahead
