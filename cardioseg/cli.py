@@ -9,14 +9,25 @@ from __future__ import annotations
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from cardioseg._version import __version__
 from cardioseg.errors import DEBUG_HINT, CardiosegError
 from cardioseg.runtime import CLEAN_UPS, DEFAULT_CLEAN_UP, DEFAULT_CROP_PX
-from cardioseg.train import ARCHES, LOSSES, OPTIMIZERS, REGULARIZERS, WEIGHTINGS, describe_choices
+from cardioseg.train import (
+    ARCHES,
+    ARCHES_3D,
+    LOSSES,
+    OPTIMIZERS,
+    PAPER_RECIPE,
+    REGULARIZERS,
+    SHIPPED_RECIPE,
+    WEIGHTINGS,
+    describe_choices,
+    recipe_text,
+)
 
 app = typer.Typer(
     name="cardioseg",
@@ -179,22 +190,23 @@ def train(
     all_patients: Annotated[bool, typer.Option("--all-patients", help="Train on every patient (the shipped model): no validation, the last epoch exported.")] = False,
     arch: Annotated[str, typer.Option("--arch", help=f"{describe_choices(ARCHES)}.")] = "unet2d",
     context_slices: Annotated[int, typer.Option("--context-slices", min=1, help="2D networks: this many neighbouring slices of the frame (odd; edge slices replicated) as input channels, the centre one predicted (Qure.ai's multi-slice 2D U-Net).")] = 1,
-    dmr: Annotated[bool, typer.Option("--dmr", help="Add the distance-map regulariser (training only).")] = False,
-    loss: Annotated[str, typer.Option("--loss", help=f"{describe_choices(LOSSES)}.")] = "ce",
+    paper: Annotated[bool, typer.Option("--paper", help=f"Start from the DMR paper's settings ({recipe_text(PAPER_RECIPE)}) instead of the shipped default's ({recipe_text(SHIPPED_RECIPE)}); options given still win.")] = False,
+    dmr: Annotated[bool | None, typer.Option("--dmr/--no-dmr", help="Add the distance-map regulariser (training only; default: on for 2D networks without --regularizer).", show_default=False)] = None,
+    loss: Annotated[str | None, typer.Option("--loss", help=f"{describe_choices(LOSSES)} (default: dice_ce).", show_default=False)] = None,
     weighting: Annotated[str, typer.Option("--weighting", help=f"With --dmr: {describe_choices(WEIGHTINGS)}")] = "uncertainty",
     dm_weight: Annotated[float, typer.Option("--dm-weight", help="Fixed (or initial) weight of the distance-map loss.")] = 1.0,
     regularizer: Annotated[str, typer.Option("--regularizer", help=f"Training-only regulariser, never exported: {describe_choices(REGULARIZERS)}. {'/'.join(k for k, v in REGULARIZERS.items() if v.shape_autoencoder)} first pre-train a shape autoencoder on the training labels (OUT/shape_ae.pt).")] = "none",
     reg_weight: Annotated[float, typer.Option("--reg-weight", min=0.0, help=f"Weight of the regulariser's term; 0: its default ({', '.join(f'{k} {v.default_weight:g}' for k, v in REGULARIZERS.items() if v.default_weight)}).")] = 0.0,
     position_weight: Annotated[float, typer.Option("--position-weight", min=0.0, help="scn/srscn: weight of the slice-position loss (positions in [0, 1]).")] = 0.1,
     shape_epochs: Annotated[int, typer.Option("--shape-epochs", min=1, help="srnn/srscn/acnn: pre-training epochs of the shape autoencoder.")] = 20,
-    optimizer: Annotated[str, typer.Option("--optimizer", help=describe_choices(OPTIMIZERS))] = "rmsprop",
-    lr: Annotated[float, typer.Option("--lr", help="Learning rate; 0: the paper's (1e-4, or 5e-4 with --dmr).")] = 0.0,
-    epochs: Annotated[int, typer.Option("--epochs", min=1)] = 100,
+    optimizer: Annotated[str | None, typer.Option("--optimizer", help=f"{describe_choices(OPTIMIZERS)} (default: adamw).", show_default=False)] = None,
+    lr: Annotated[float, typer.Option("--lr", help="Learning rate; 0: 1e-3 with AdamW, the paper's 5e-4 with RMSprop and --dmr (1e-4 without).")] = 0.0,
+    epochs: Annotated[int | None, typer.Option("--epochs", min=1, help=f"Default: {SHIPPED_RECIPE['epochs']} ({PAPER_RECIPE['epochs']} with --paper).", show_default=False)] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Slices per batch (frames for unet3d).")] = 15,
     crop_px: Annotated[int, typer.Option("--crop-px", min=16, help="Training crop (multiple of 16).")] = 160,
-    scale_min: Annotated[float, typer.Option("--scale-min", help="Smallest random scale of a crop (below 1: more field of view at coarser pixels).")] = 0.8,
-    scale_max: Annotated[float, typer.Option("--scale-max", help="Largest random scale of a crop.")] = 1.2,
-    intensity_aug: Annotated[float, typer.Option("--intensity-aug", min=0.0, max=1.0, help="Probability of each of gamma, contrast, bias field, blur and low-resolution simulation per crop (other scanners; 0: off).")] = 0.0,
+    scale_min: Annotated[float | None, typer.Option("--scale-min", help=f"Smallest random scale of a crop (below 1: more field of view at coarser pixels; default {SHIPPED_RECIPE['scale_min']}).", show_default=False)] = None,
+    scale_max: Annotated[float | None, typer.Option("--scale-max", help=f"Largest random scale of a crop (default {SHIPPED_RECIPE['scale_max']}).", show_default=False)] = None,
+    intensity_aug: Annotated[float | None, typer.Option("--intensity-aug", min=0.0, max=1.0, help=f"Probability of each of gamma, contrast, bias field, blur and low-resolution simulation per crop (other scanners; 0: off; default {SHIPPED_RECIPE['intensity_aug']}).", show_default=False)] = None,
     base_width: Annotated[int, typer.Option("--base-width", min=1, help="Channels at full resolution.")] = 16,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     threads: Annotated[int, typer.Option("--threads", min=0, help="Torch CPU threads (0: torch's default).")] = 0,
@@ -215,11 +227,15 @@ def train(
     from cardioseg.train import train as run_training
     from cardioseg.train.distributed import init_process_group, set_threads
 
+    given = {"dmr": dmr, "loss": loss, "optimizer": optimizer, "epochs": epochs, "scale_min": scale_min,
+             "scale_max": scale_max, "intensity_aug": intensity_aug}  # fmt: skip
+    recipe: dict[str, Any] = {k: v if v is not None else (PAPER_RECIPE if paper else SHIPPED_RECIPE)[k] for k, v in given.items()}
+    if dmr is None and (arch in ARCHES_3D or regularizer != "none"):
+        recipe["dmr"] = False  # the distance-map decoder is 2D, and the other regularisers replace it
     cfg = TrainConfig(
         cache=str(cache), out=str(out), arch=arch, context_slices=context_slices,
-        dmr=dmr, base_width=base_width, loss=loss,
-        weighting=weighting, dm_weight=dm_weight, optimizer=optimizer, lr=lr, epochs=epochs,
-        batch_size=batch_size, crop_px=crop_px, scale_min=scale_min, scale_max=scale_max, intensity_aug=intensity_aug, fold=fold, all_patients=all_patients, seed=seed, threads=threads, name=name,
+        base_width=base_width, weighting=weighting, dm_weight=dm_weight, lr=lr,
+        batch_size=batch_size, crop_px=crop_px, fold=fold, all_patients=all_patients, seed=seed, threads=threads, name=name, **recipe,
         regularizer=regularizer, reg_weight=reg_weight, position_weight=position_weight, shape_epochs=shape_epochs,
     )  # fmt: skip
     try:

@@ -65,18 +65,22 @@ from typing import TYPE_CHECKING, Any
 from cardioseg.train.callbacks import Callbacks, TrainCallbacks
 from cardioseg.train.config import (
     ARCHES,
+    ARCHES_3D,
     DEFAULT_REG_WEIGHTS,
     LOG_COLUMNS,
     LOSS_COLUMNS,
     OPTIMIZERS,
+    PAPER_RECIPE,
     REG_COLUMNS,
     REGULARIZERS,
+    SHIPPED_RECIPE,
     WEIGHTINGS,
     TrainConfig,
     architecture,
     describe_choices,
     fold_configs,
     load_config,
+    recipe_text,
 )
 from cardioseg.train.losses import LOSSES, dice_ce_loss, multitask_loss, segmentation_loss
 
@@ -96,13 +100,16 @@ _LAZY = {
 
 __all__ = [
     "ARCHES",
+    "ARCHES_3D",
     "DEFAULT_REG_WEIGHTS",
     "LOG_COLUMNS",
     "LOSSES",
     "LOSS_COLUMNS",
     "OPTIMIZERS",
+    "PAPER_RECIPE",
     "REGULARIZERS",
     "REG_COLUMNS",
+    "SHIPPED_RECIPE",
     "WEIGHTINGS",
     "Callbacks",
     "TrainCallbacks",
@@ -117,6 +124,7 @@ __all__ = [
     "load_config",
     "multitask_loss",
     "pretrain_shape_autoencoder",
+    "recipe_text",
     "segmentation_loss",
     "train",
 ]

@@ -105,6 +105,24 @@ def describe_choices(registry: Mapping[str, str] | Mapping[str, _Described]) -> 
     return " | ".join(parts)
 
 
+# What ``cardioseg train`` starts from: the recipe of the shipped default weights, or with
+# ``--paper`` the DMR paper's (Dangi et al.: RMSprop, cross-entropy + soft Dice, 100 epochs,
+# scale 0.8-1.2, no intensity augmentation). Options given on the command line still win.
+SHIPPED_RECIPE: dict[str, Any] = {"dmr": True, "loss": "dice_ce", "optimizer": "adamw", "epochs": 60,
+                                  "scale_min": 0.6, "scale_max": 1.3, "intensity_aug": 0.3}  # fmt: skip
+PAPER_RECIPE: dict[str, Any] = {"dmr": True, "loss": "dice_ce", "optimizer": "rmsprop", "epochs": 100,
+                                "scale_min": 0.8, "scale_max": 1.2, "intensity_aug": 0.0}  # fmt: skip
+
+
+def recipe_text(recipe: Mapping[str, Any]) -> str:
+    """``--dmr --loss dice_ce --optimizer adamw --epochs 60 ...`` for the help text."""
+    parts = []
+    for key, value in recipe.items():
+        flag = "--" + key.replace("_", "-")
+        parts.append(flag if value is True else f"--no-{key}" if value is False else f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}")
+    return " ".join(parts)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """One training run (saved beside its checkpoints and inside the exported weights)."""

@@ -71,7 +71,7 @@ def test_cli_train_with_a_regularizer(tiny_cache: Path, tmp_path: Path) -> None:
 def test_cli_trains_unet3d_and_multislice_and_predict_just_works(multi_cache: Path, tmp_path: Path, phantom) -> None:
     image = save_nifti(tmp_path / "in" / "case.nii.gz", phantom.image[..., 0], phantom.affine)
     for extra, name in ((["--arch", "unet3d", "--loss", "wce", "--batch-size", "2"], "unet3d-wce-acdc-fold0.pt"),
-                        (["--context-slices", "5", "--loss", "wce"], "unet2d-ctx5-wce-acdc-fold0.pt")):  # fmt: skip
+                        (["--context-slices", "5", "--loss", "wce", "--no-dmr"], "unet2d-ctx5-wce-acdc-fold0.pt")):  # fmt: skip
         out = tmp_path / name
         args = ["train", str(multi_cache), "-o", str(out), "--epochs", "1", "--crop-px", "32", "--base-width", "4",
                 "--batch-size", "4", "-q", *extra]  # fmt: skip
@@ -98,3 +98,19 @@ def test_the_command_sets_threads_and_the_process_group(tiny_cache: Path, tmp_pa
     calls.clear()
     assert runner.invoke(app, [*args, "--export-only"]).exit_code == 0
     assert calls == []  # exporting needs neither
+
+
+def test_train_defaults_reproduce_the_shipped_default_and_the_paper_is_one_flag_away(tiny_cache: Path, tmp_path: Path, monkeypatch) -> None:
+    import cardioseg.train
+    from cardioseg.train import PAPER_RECIPE, SHIPPED_RECIPE
+    from cardioseg.weights import load_weights
+
+    seen = []
+    monkeypatch.setattr(cardioseg.train, "train", lambda cfg, **kw: seen.append(cfg) or tmp_path / "w.pt")
+    base = ["train", str(tiny_cache), "-o", str(tmp_path / "run"), "-q"]
+    for extra in ([], ["--paper"], ["--paper", "--epochs", "3", "--no-dmr"]):
+        assert runner.invoke(app, [*base, *extra]).exit_code == 0
+    shipped = load_weights().meta["training"]["recipe"]
+    assert {k: getattr(seen[0], k) for k in SHIPPED_RECIPE} == SHIPPED_RECIPE == {k: shipped[k] for k in SHIPPED_RECIPE}
+    assert {k: getattr(seen[1], k) for k in PAPER_RECIPE} == PAPER_RECIPE
+    assert (seen[2].epochs, seen[2].dmr, seen[2].optimizer) == (3, False, "rmsprop")
