@@ -51,6 +51,11 @@ def p_text(p: float | None) -> str:
     return f"{p:.2g}" if p >= 0.001 else "<0.001"
 
 
+def run_of(variant: str) -> str:
+    """The run folder of a variant: ``aug@crop160,tta`` -> ``aug`` (an ensemble ``a+b``: ``a``)."""
+    return variant.split("@", 1)[0].split("+", 1)[0]
+
+
 def fold_of_patients(run: Path) -> dict[str, int]:
     """patient -> the fold whose model scored it (from the exported weights' metadata)."""
     from cardioseg.weights import load_weights
@@ -123,7 +128,7 @@ def summary_table(runs: Path, variants: list[str], names: list[str]) -> list[str
             err = [abs(float(clinical[v][s][f"{key}_diff"])) for s in studies]
             err_ref = [abs(float(clinical[ref][s][f"{key}_diff"])) for s in studies]
             cells += [f"{np.mean(err):.1f}", "–" if v == ref else p_text(wilcoxon_p(err, err_ref))]
-        sec, epochs = epoch_seconds(runs / v)
+        sec, epochs = epoch_seconds(runs / run_of(v))
         cells += [f"{sec:.1f}", str(epochs)]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
@@ -140,7 +145,7 @@ def build(runs: Path, variants: list[str], title: str = TITLE) -> str:
     names = [NAMES.get(v, v) for v in variants]
     n = summaries[ref]["clinical"]["lv_ef_pct"]["n"]
     scored = {r["study"] for r in read_csv(runs / f"eval_{ref}" / "metrics.csv")}
-    folds = {p: k for p, k in fold_of_patients(runs / ref).items() if p in scored}
+    folds = {p: k for p, k in fold_of_patients(runs / run_of(ref)).items() if p in scored}
     lines = [
         title,
         "",
@@ -212,7 +217,7 @@ def build(runs: Path, variants: list[str], title: str = TITLE) -> str:
         "|---|---|---|",
     ]
     for v, name in zip(variants, names):
-        sec, epochs = epoch_seconds(runs / v)
+        sec, epochs = epoch_seconds(runs / run_of(v))
         lines.append(f"| {name} | {epochs} | {sec:.1f} |")
     lines.append("")
     return "\n".join(lines)
