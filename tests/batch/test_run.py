@@ -69,7 +69,7 @@ def test_exception_after_the_mask_leaves_the_study_unfinished(tmp_path, frames, 
     args = ["predict", str(frames), "-o", str(out), "-w", str(tiny_weights_path), *FAST]
     monkeypatch.setattr(cardioseg.batch.run, "write_report", crash)
     runner.invoke(app, args)
-    assert sorted(p.name for p in out.iterdir()) == ["a_report.json", "a_seg.nii.gz"]  # b's mask removed again
+    assert sorted(p.name for p in out.iterdir()) == ["a_report.json", "a_seg.nii.gz", "summary.csv"]  # b's mask removed again
     monkeypatch.undo()
     runs = CountRuns(monkeypatch)
     assert runner.invoke(app, args).exit_code == 0

@@ -33,7 +33,7 @@ CONFIG_JSON_DEFAULTS = {
     "cache": "c", "out": "o", "arch": "unet2d", "context_slices": 1, "dmr": False, "base_width": 16, "loss": "ce",
     "weighting": "uncertainty", "seg_weight": 1.0, "dm_weight": 1.0, "sigma_lr": 1e-2, "dm_unit_px": 250.0,
     "optimizer": "rmsprop", "lr": 0.0, "lr_decay": 0.99, "weight_decay": 0.0, "epochs": 100, "batch_size": 15,
-    "crop_px": 160, "scale_min": 0.8, "scale_max": 1.2, "intensity_aug": 0.0, "fold": 0, "n_folds": 5, "seed": 0, "val_every": 1, "threads": 0, "name": "",
+    "crop_px": 160, "scale_min": 0.8, "scale_max": 1.2, "intensity_aug": 0.0, "fold": 0, "all_patients": False, "n_folds": 5, "seed": 0, "val_every": 1, "threads": 0, "name": "",
     "regularizer": "none", "reg_weight": 0.0, "position_weight": 0.1, "shape_epochs": 20,
 }  # fmt: skip
 
@@ -129,11 +129,11 @@ def test_the_cli_help_is_built_from_the_registries() -> None:
     helps = {p.name: p.help for p in command.params}
     for name, spec in LOSSES.items():
         assert f"{name} ({spec.description})" in helps["loss"]
-    assert helps["loss"] == describe_choices(LOSSES) + "."
+    assert helps["loss"] == describe_choices(LOSSES) + " (default: dice_ce)."
     for name, reg in REGULARIZERS.items():
         assert (f"{name} ({reg.description})" if reg.description else name) in helps["regularizer"]
     assert "srnn/srscn/acnn first pre-train a shape autoencoder" in helps["regularizer"]
     assert "lrnet 1, srnn 0.0005, srscn 0.0005, acnn 0.01, gan 0.01" in helps["reg_weight"]
     assert helps["arch"].startswith("unet2d | segnet2d | usegnet2d | unet3d (Qure.ai's 3D U-Net")
-    assert helps["optimizer"] == "rmsprop (paper) | adamw"
+    assert helps["optimizer"] == "rmsprop (paper) | adamw (default: adamw)."
     assert helps["weighting"] == "With --dmr: uncertainty (learned, Eq. 7) | fixed"

@@ -20,7 +20,7 @@ from cardioseg.train.distributed import init_process_group, process_group, set_t
 def test_torchrun_two_processes(tiny_cache: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-           "-m", "cardioseg", "train", str(tiny_cache), "-o", str(out), "--epochs", "1", "--batch-size", "4",
+           "-m", "cardioseg", "train", str(tiny_cache), "-o", str(out), "--no-dmr", "--epochs", "1", "--batch-size", "4",
            "--crop-px", "32", "--base-width", "4", "-q"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
