@@ -125,6 +125,7 @@ def predict(
     on_result: Callable[[StudyResult], Any] | None = None,
     on_start: Callable[[int, int], Any] | None = None,
     on_note: Callable[[str], Any] | None = None,
+    dry_run: bool = False,
     **options: Any,
 ) -> list[StudyResult]:
     """Segment and measure studies; write ``OUT/<study>_seg.nii.gz``, ``<study>_report.json``
@@ -138,6 +139,9 @@ def predict(
     ``max_voxels``, ``strict``, ``overlay``, ``series_uid``). ``skip_existing``: skip studies a
     previous run finished (default: for batches); ``num_parts``/``part_id``: run one part of the
     batch (default: from a Slurm job array).
+
+    ``dry_run``: plan only (nothing is written or loaded): one result per study with its
+    expected ``outputs`` and ``planned`` (what a run would do).
 
     Returns one result per study of this part, in order: finished ones (``skipped``) first,
     then those run now, each with its ``report``, ``outputs`` or ``error``. Callbacks:
@@ -168,6 +172,17 @@ def predict(
     resolved = asdict(predictor.options) if predictor is not None else asdict(PredictOptions(**predict_opts))
     fingerprint = batch.make_fingerprint(_weights_sha256(predictor, weights), resolved, asdict(study_options))
     study_options = replace(study_options, fingerprint=fingerprint)
+    if dry_run:  # the plan only: nothing is created, loaded or written
+        changed_plan: dict[str, list[str]] = {}
+        finished = batch.split_finished(mine, out, study_options, changed_plan)[0] if skip else []
+        done_names = {r.study.name for r in finished}
+        return [
+            batch.StudyResult(s, batch.expected_outputs(s, out, study_options), skipped=s.name in done_names,
+                              planned="skip: done before" if s.name in done_names
+                              else f"run again: {', '.join(changed_plan[s.name])}" if s.name in changed_plan
+                              else "cannot run: " + s.problem if s.problem else "run")
+            for s in mine
+        ]  # fmt: skip
     created = batch.prepare_out_dir(out, mine)
     try:
         batch.clean_stale_temps(out, mine)

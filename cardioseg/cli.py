@@ -102,6 +102,7 @@ def predict(
     series_uid: Annotated[str | None, typer.Option("--series-uid", help="SeriesInstanceUID to read from a DICOM folder that holds several series (the error lists them).")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Treat any quality-control flag as an error: the study gets exit code 1 and no outputs.")] = False,
     overlay: Annotated[bool, typer.Option("--overlay", help="Also write DIR/<study>_overlay.png: every ED/ES slice with the mask contours, and the volume curve of a cine (needs matplotlib: pip install 'cardioseg\\[plots]').")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (studies, their inputs and outputs, what would be skipped or recomputed and why) and exit; nothing is read, loaded or written.")] = False,
     skip_existing: Annotated[bool | None, typer.Option("--skip-existing/--overwrite", help="Skip studies an earlier run finished (all outputs there; the report is written last) or recompute them (default: skip for a batch of several studies or parts, overwrite for one study).", show_default=False)] = None,
     num_parts: Annotated[int | None, typer.Option("--num-parts", min=1, metavar="N", help="Split the studies into N parts (every N-th study in name order) and run one of them (default: $SLURM_ARRAY_TASK_COUNT, else 1).", show_default=False)] = None,
     part_id: Annotated[int | None, typer.Option("--part-id", min=0, metavar="I", help="Which part to run, 0..N-1 (default: $SLURM_ARRAY_TASK_ID - $SLURM_ARRAY_TASK_MIN).", show_default=False)] = None,
@@ -125,7 +126,7 @@ def predict(
         with console.study_progress(quiet) as (on_frame, on_result, on_start):
             results = run(
                 list(inputs or []), out, ed=ed, es=es, study=study, weights=weights, threads=threads,
-                skip_existing=skip_existing, num_parts=num_parts, part_id=part_id,
+                skip_existing=skip_existing, num_parts=num_parts, part_id=part_id, dry_run=dry_run,
                 on_frame=on_frame, on_result=on_result, on_start=on_start, on_note=None if quiet else console.note,
                 ensemble=ensemble.value, device=device, precision=precision, batch_size=batch_size,
                 postprocess=not no_postprocess, clean_up=clean_up, crop_px=crop_px, tta=tta, compile=compile_model, batch_studies=batch_studies,
@@ -134,11 +135,14 @@ def predict(
             )  # fmt: skip
     except CardiosegError as exc:
         raise _fail(str(exc)) from None
-    except KeyboardInterrupt as exc:
+    except KeyboardInterrupt as exc:  # noqa: B036 - the batch's own KeyboardInterrupt subclass carries the counts
         done, total = getattr(exc, "done", None), getattr(exc, "total", None)
         counts = f"{done} of {total} studies done; " if done is not None else ""
         typer.echo(f"\ncardioseg: interrupted: {counts}rerun the same command to finish", err=True)
         raise typer.Exit(code=130) from None
+    if dry_run:
+        console.print_plan(results, out)
+        return
     ran = [r for r in results if not r.skipped]
     for r in ran:
         for text in r.warnings:

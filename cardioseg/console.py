@@ -87,6 +87,19 @@ def study_progress(quiet: bool) -> Iterator[tuple[Callable[[Any, int], None], Ca
         yield on_frame, lambda result: bar.advance(task), on_start
 
 
+def print_plan(results: list[StudyResult], out: Path) -> None:
+    """``predict --dry-run``: one line per study (name, kind, inputs -> outputs, what a run does)."""
+    for r in results:
+        inputs = ", ".join(str(p) for p in r.study.paths)
+        outputs = ", ".join(p.name for p in r.outputs)
+        typer.echo(f"{r.study.name} ({r.study.kind}): {inputs} -> {out}/{{{outputs}}}  [{r.planned}]")
+    counts: dict[str, int] = {}
+    for r in results:
+        key = (r.planned or "run").split(":")[0]
+        counts[key] = counts.get(key, 0) + 1
+    typer.echo(f"plan: {len(results)} studies: " + ", ".join(f"{n} {k}" for k, n in counts.items()) + " (--dry-run: nothing written)")
+
+
 TABLE_ROWS = 40
 """Longer batches get the first rows of the table and a pointer to summary.csv."""
 

@@ -79,6 +79,7 @@ class StudyResult:
     error: str | None = None
     skipped: bool = False  # finished by an earlier run (its report was read, nothing recomputed)
     traceback: str | None = None  # an unexpected error's traceback (a bug), for ``--debug``
+    planned: str | None = None  # ``predict --dry-run``: what a run would do ("run", "skip: done before", ...)
 
     @property
     def warnings(self) -> list[str]:

@@ -157,6 +157,28 @@ def test_a_finished_study_made_with_other_weights_or_options_is_recomputed(tmp_p
     assert runs.ran == ["b"] and "1 recomputed: made by an older cardioseg" in result.stderr
 
 
+def test_dry_run_prints_the_plan_and_touches_nothing(tmp_path, frames, tiny_weights_path, monkeypatch):
+    from conftest import export_tiny_weights
+
+    out = tmp_path / "out"
+    base = ["predict", str(frames), "-o", str(out), "-w", str(tiny_weights_path), *FAST]
+    monkeypatch.setattr("cardioseg.weights.load_weights", lambda *a: pytest.fail("the model was loaded"))
+    result = runner.invoke(app, [*base, "--dry-run"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert lines[0] == f"a (single): {frames / 'a.nii.gz'} -> {out}/{{a_seg.nii.gz, a_report.json}}  [run]"
+    assert lines[-1] == "plan: 3 studies: 3 run (--dry-run: nothing written)" and not out.exists()
+    monkeypatch.undo()
+    assert runner.invoke(app, base).exit_code == 0
+    other = export_tiny_weights(tmp_path / "other.pt", seed=3)
+    (out / "c_report.json").unlink()
+    result = runner.invoke(app, ["predict", str(frames), "-o", str(out), "-w", str(other), *FAST, "--dry-run"])
+    assert [line.rsplit("[", 1)[1] for line in result.stdout.strip().splitlines()[:3]] == [
+        "run again: weights changed]", "run again: weights changed]", "run]"]
+    result = runner.invoke(app, [*base, "--dry-run"])
+    assert result.stdout.strip().splitlines()[-1] == "plan: 3 studies: 2 skip, 1 run (--dry-run: nothing written)"
+
+
 def test_single_study_is_recomputed_unless_skip_existing(tmp_path, frames, tiny_weights_path, monkeypatch):
     out = tmp_path / "out"
     args = ["predict", str(frames / "a.nii.gz"), "-o", str(out), "-w", str(tiny_weights_path), *FAST]
