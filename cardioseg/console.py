@@ -104,7 +104,28 @@ TABLE_ROWS = 40
 """Longer batches get the first rows of the table and a pointer to summary.csv."""
 
 
+QC_COLUMNS = {"lv_ef": "lv_ef_pct", "rv_ef": "rv_ef_pct", "lv_mass": "lv_mass_g", "myo": "lv_mass_g",
+              "lv_edv": "lv_edv_ml", "lv_esv": "lv_esv_ml", "rv_edv": "rv_edv_ml"}  # fmt: skip
+"""QC codes (by prefix) -> the table column whose value they flag (marked ``!``)."""
+
+
+def _flagged_columns(codes: list[str]) -> set[str]:
+    return {col for code in codes for prefix, col in QC_COLUMNS.items() if code.startswith(prefix)}
+
+
+def _frame_values(rep: dict[str, Any]) -> dict[str, float | None]:
+    """A single 3D frame: its volumes in the EDV columns and its myocardial mass."""
+    frames = rep.get("frames") or [{}]
+    f = frames[0]
+    myo = f.get("myo_ml")
+    return {"lv_edv_ml": f.get("lv_ml"), "rv_edv_ml": f.get("rv_ml"),
+            "lv_mass_g": rep.get("lv_mass_g") if rep.get("lv_mass_g") is not None
+            else (myo * rep.get("myo_density_g_ml", 1.05) if myo is not None else None)}  # fmt: skip
+
+
 def print_predict_results(results: list[StudyResult], out: Path) -> None:
+    """The table of a run: one row per study; QC codes listed under it (not squeezed into a
+    column), values a QC flag concerns marked ``!``, a single frame's volumes and mass shown."""
     from rich.console import Console
     from rich.table import Table
 
@@ -112,30 +133,52 @@ def print_predict_results(results: list[StudyResult], out: Path) -> None:
         return
     more = len(results) - TABLE_ROWS if len(results) > TABLE_ROWS else 0
     results = results[:TABLE_ROWS] if more else results
-    table = Table(title=f"cardioseg predict -> {out}", show_lines=False,
+    from rich import box
+
+    table = Table(title=f"cardioseg predict -> {out}", show_lines=False, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
                   caption=f"... and {more} more studies: see {out / 'summary.csv'}" if more else None)  # fmt: skip
-    cols = [("study", "study"), ("ED/ES", None), ("LV EDV mL", "lv_edv_ml"), ("LV ESV mL", "lv_esv_ml"),
-            ("LV EF %", "lv_ef_pct"), ("RV EDV mL", "rv_edv_ml"), ("RV EF %", "rv_ef_pct"),
-            ("LV mass g", "lv_mass_g"), ("QC", None)]  # fmt: skip
+    cols = [("study", "study"), ("ED/ES", None), ("LV EDV\nmL", "lv_edv_ml"), ("LV ESV\nmL", "lv_esv_ml"),
+            ("LV EF\n%", "lv_ef_pct"), ("RV EDV\nmL", "rv_edv_ml"), ("RV EF\n%", "rv_ef_pct"),
+            ("LV mass\ng", "lv_mass_g"), ("QC\nflags", None)]  # fmt: skip
     for title, _ in cols:
-        table.add_column(title, justify="left" if title in {"study", "QC"} else "right", no_wrap=title == "study")
+        if title == "study":
+            table.add_column(title, justify="left", min_width=10, overflow="fold")
+        else:
+            table.add_column(title, justify="right", no_wrap=True)
 
     def fmt(v: object) -> str:
         return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else (f"{v:.1f}" if isinstance(v, float) else str(v))
 
+    legend: list[str] = []
+    notes: list[str] = []
     for r in results:
         rep = r.report or {}
+        codes = list(dict.fromkeys(rep.get("qc_flags", [])))
+        flagged = _flagged_columns(codes)
+        single = rep.get("kind") == "frame"
+        values = {**rep, **_frame_values(rep)} if single else rep
         row = []
         for title, key in cols:
             if title == "ED/ES":
-                row.append("-" if rep["ed_frame"] is None else f"{rep['ed_frame']}/{rep['es_frame']}")
-            elif title == "QC":
-                codes = list(dict.fromkeys(rep["qc_flags"]))
-                row.append("ok" if not codes else codes[0] if len(codes) == 1 else f"{codes[0]} +{len(codes) - 1}")
+                row.append("frame" if single else "-" if rep.get("ed_frame") is None else f"{rep['ed_frame']}/{rep['es_frame']}")
+            elif key is None:  # the QC column
+                row.append("ok" if not codes else f"[bold red]{len(codes)}[/]")
             else:
-                row.append(fmt(rep.get(key or "")))
+                text = fmt(values.get(key or ""))
+                row.append(f"[bold red]{text}![/]" if key in flagged and text != "-" else text)
         table.add_row(*row)
-    Console().print(table)
+        if codes:
+            notes.append(f"  {rep.get('study', r.study.name)}: {', '.join(codes)}")
+        if single and "frame" not in legend:
+            legend.append("frame")
+    console = Console()
+    console.print(table)
+    if notes:
+        console.print("QC flags (a value they concern is marked !; details in each report):", highlight=False)
+        for line in notes:
+            console.print(line, highlight=False)
+    if legend:
+        console.print("frame: a single 3D frame, its volumes in the EDV columns (no ED/ES, no EF).", highlight=False)
 
 
 def print_evaluation(ev: Evaluation, out: Path) -> None:

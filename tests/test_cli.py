@@ -391,3 +391,22 @@ def test_library_warnings_are_one_cardioseg_line_each(capsys):
         _one_line_warning(RuntimeWarning("overflow encountered\n in reduce"), RuntimeWarning,
                           "/venv/lib/site-packages/numpy/_core/_methods.py", 52)  # fmt: skip
     assert capsys.readouterr().err == "cardioseg: warning: RuntimeWarning from numpy: overflow encountered in reduce\n"
+
+
+def test_the_results_table_fits_80_columns_marks_flagged_values_and_shows_a_frame(monkeypatch, capsys, tmp_path):
+    from cardioseg.batch import Study, StudyKind, StudyResult
+    from cardioseg.console import print_predict_results
+
+    monkeypatch.setenv("COLUMNS", "80")
+    cine = {"study": "patient_with_a_long_name", "kind": "cine", "ed_frame": 0, "es_frame": 9, "lv_edv_ml": 150.0,
+            "lv_esv_ml": 0.0, "lv_ef_pct": 100.0, "rv_edv_ml": 140.0, "rv_ef_pct": 50.0, "lv_mass_g": 120.0,
+            "qc_flags": ["lv_ef_implausible", "low_tta_agreement", "rv_not_bordering_lv"]}  # fmt: skip
+    frame = {"study": "one", "kind": "frame", "ed_frame": None, "es_frame": None, "qc_flags": [],
+             "frames": [{"frame": 0, "lv_ml": 90.5, "rv_ml": 80.0, "myo_ml": 100.0}], "myo_density_g_ml": 1.05}  # fmt: skip
+    results = [StudyResult(Study(r["study"], StudyKind.SINGLE, (tmp_path / "x.nii.gz",)), report=r) for r in (cine, frame)]
+    print_predict_results(results, tmp_path)
+    text = capsys.readouterr().out
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "100.0!" in text and all(code in text for code in cine["qc_flags"])
+    row = next(line for line in text.splitlines() if line.strip().startswith("one"))
+    assert row.split()[1:] == ["frame", "90.5", "-", "-", "80.0", "-", "105.0", "ok"]
