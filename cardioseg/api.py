@@ -125,6 +125,7 @@ def predict(
     on_result: Callable[[StudyResult], Any] | None = None,
     on_start: Callable[[int, int], Any] | None = None,
     on_note: Callable[[str], Any] | None = None,
+    on_plan: Callable[[dict[str, int]], Any] | None = None,
     dry_run: bool = False,
     **options: Any,
 ) -> list[StudyResult]:
@@ -140,7 +141,8 @@ def predict(
     previous run finished (default: for batches); ``num_parts``/``part_id``: run one part of the
     batch (default: from a Slurm job array).
 
-    ``dry_run``: plan only (nothing is written or loaded): one result per study with its
+    ``on_plan({study: frames})``: how many frames each study to run is expected to hold
+    (from headers; for progress bars that count frames, not studies). ``dry_run``: plan only (nothing is written or loaded): one result per study with its
     expected ``outputs`` and ``planned`` (what a run would do).
 
     Returns one result per study of this part, in order: finished ones (``skipped``) first,
@@ -203,6 +205,8 @@ def predict(
             predictor = load_predictor(weights, threads, **predict_opts)
         if on_start is not None:
             on_start(len(todo), len(done))
+        if on_plan is not None:
+            on_plan({s.name: batch.expected_frames(s) for s in todo})
         try:
             return done + batch.run_predict(todo, predictor, out, study_options, on_frame, on_result)
         except batch.BatchInterrupted as exc:

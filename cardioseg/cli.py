@@ -123,11 +123,11 @@ def predict(
         typer.echo("cardioseg predict: give INPUT files/folders or --ed FILE --es FILE (see --help)", err=True)
         raise typer.Exit(code=2)
     try:
-        with console.study_progress(quiet) as (on_frame, on_result, on_start):
+        with console.study_progress(quiet) as (on_frame, on_result, on_start, on_plan):
             results = run(
                 list(inputs or []), out, ed=ed, es=es, study=study, weights=weights, threads=threads,
                 skip_existing=skip_existing, num_parts=num_parts, part_id=part_id, dry_run=dry_run,
-                on_frame=on_frame, on_result=on_result, on_start=on_start, on_note=None if quiet else console.note,
+                on_frame=on_frame, on_result=on_result, on_start=on_start, on_plan=on_plan, on_note=None if quiet else console.note,
                 ensemble=ensemble.value, device=device, precision=precision, batch_size=batch_size,
                 postprocess=not no_postprocess, clean_up=clean_up, crop_px=crop_px, tta=tta, compile=compile_model, batch_studies=batch_studies,
                 myo_density_g_ml=myo_density, ed_frame=ed_frame, es_frame=es_frame, height_cm=height_cm,

@@ -57,9 +57,12 @@ def progress_bar(quiet: bool, description: str, total: int | None = None) -> Ite
 
 
 @contextlib.contextmanager
-def study_progress(quiet: bool) -> Iterator[tuple[Callable[[Any, int], None], Callable[[Any], None], Callable[[int, int], None]]]:
+def study_progress(
+    quiet: bool,
+) -> Iterator[tuple[Callable[[Any, int], None], Callable[[Any], None], Callable[[int, int], None], Callable[[dict[str, int]], None]]]:
     """The bar of ``cardioseg predict``: yields (on_frame(study, t), on_result(result),
-    on_start(n_todo, n_skipped))."""
+    on_start(n_todo, n_skipped), on_plan({study: frames})); with the plan, the bar and its
+    ETA count frames (a 30-frame cine weighs 15 pairs), else studies."""
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -77,14 +80,28 @@ def study_progress(quiet: bool) -> Iterator[tuple[Callable[[Any, int], None], Ca
         console=Console(stderr=True), disable=not show, transient=True,
     ) as bar:  # fmt: skip
         task = bar.add_task("segmenting", total=None, note="")
+        expected: dict[str, int] = {}  # frames per study (on_plan): the bar and its ETA count frames
+        finished = [0]  # frames of the finished studies
 
         def on_frame(study: Any, t: int) -> None:
-            bar.update(task, description=f"{study.name} frame {t}")
+            within = min(t + 1, expected.get(study.name, 1))
+            bar.update(task, description=f"{study.name} frame {t}", completed=finished[0] + within if expected else None)
 
         def on_start(todo: int, skipped: int) -> None:
             bar.update(task, total=todo, note=f"({skipped} skipped)" if skipped else "")
 
-        yield on_frame, lambda result: bar.advance(task), on_start
+        def on_plan(frames: dict[str, int]) -> None:
+            expected.update(frames)
+            bar.update(task, total=sum(frames.values()), completed=0)
+
+        def on_result(result: Any) -> None:
+            if expected:
+                finished[0] += expected.get(result.study.name, 1)
+                bar.update(task, completed=finished[0])
+            else:
+                bar.advance(task)
+
+        yield on_frame, on_result, on_start, on_plan
 
 
 def print_plan(results: list[StudyResult], out: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import os
 from pathlib import Path
+from typing import Any
 
 from cardioseg.batch.outputs import output_paths
 from cardioseg.batch.studies import Study, StudyKind
@@ -209,3 +210,27 @@ def check_output_name(name: str) -> None:
             f"study name {name!r} cannot be used for output files (no path separators, not empty, "
             "'.', '..' or starting with '-'); pass --study NAME"
         )
+
+
+DICOM_SLICES_GUESS = 10  # slices per phase assumed when estimating a DICOM series' frames (progress only)
+
+
+def expected_frames(study: Study) -> int:
+    """How many 3D frames ``study`` holds, from headers only (an estimate for progress bars:
+    a NIfTI cine's time axis, one per 3D file, a DICOM series' files / 10 slices)."""
+    total = 0
+    for path in study.paths:
+        try:
+            if path.is_dir():
+                from cardioseg.io import find_dicom_files
+
+                total += max(1, round(len(find_dicom_files(path)) / DICOM_SLICES_GUESS))
+                continue
+            import nibabel as nib
+
+            img: Any = nib.load(str(path))  # header only
+            shape = img.shape
+            total += int(shape[3]) if len(shape) > 3 and shape[3] > 1 else int(shape[4]) if len(shape) > 4 else 1
+        except Exception:  # noqa: BLE001 - an unreadable input fails later, with its own error; here it counts as one
+            total += 1
+    return max(total, 1)

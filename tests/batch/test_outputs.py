@@ -281,3 +281,21 @@ def test_old_summary_temps_are_removed(tmp_path):
     os.utime(old, (0, 0))
     write_summary(tmp_path)
     assert not old.exists() and fresh.exists()  # a recent one may belong to a part still writing
+
+
+def test_progress_counts_frames_a_cine_weighs_its_time_axis(tmp_path, frames, small_phantom, tiny_weights_path):
+    """``on_plan`` gives each study's frames from its header (the bar's ETA counts frames, not
+    studies: a 54 s cine is not one fifth of a batch of five)."""
+    from conftest import save_nifti
+
+    import cardioseg
+    from cardioseg.batch import expected_frames
+
+    cine = save_nifti(tmp_path / "in" / "cine.nii.gz", small_phantom.image, small_phantom.affine)
+    n = small_phantom.image.shape[3]
+    studies = plan_studies([cine, frames / "a.nii.gz"], None, None)
+    assert [expected_frames(s) for s in studies] == [n, 1]
+    planned: list[dict[str, int]] = []
+    cardioseg.predict([cine, frames / "a.nii.gz"], tmp_path / "out", weights=tiny_weights_path, device="cpu",
+                      precision="fp32", on_plan=planned.append)  # fmt: skip
+    assert planned == [{"cine": n, "a": 1}]
