@@ -174,22 +174,20 @@ def predict(
     resolved = asdict(predictor.options) if predictor is not None else asdict(PredictOptions(**predict_opts))
     fingerprint = batch.make_fingerprint(_weights_sha256(predictor, weights), resolved, asdict(study_options))
     study_options = replace(study_options, fingerprint=fingerprint)
+    changed: dict[str, list[str]] = {}  # finished studies to recompute -> the settings that changed
+    done, todo = batch.split_finished(mine, out, study_options, changed) if skip else ([], mine)
     if dry_run:  # the plan only: nothing is created, loaded or written
-        changed_plan: dict[str, list[str]] = {}
-        finished = batch.split_finished(mine, out, study_options, changed_plan)[0] if skip else []
-        done_names = {r.study.name for r in finished}
+        done_names = {r.study.name for r in done}
         return [
             batch.StudyResult(s, batch.expected_outputs(s, out, study_options), skipped=s.name in done_names,
                               planned="skip: done before" if s.name in done_names
-                              else f"run again: {', '.join(changed_plan[s.name])}" if s.name in changed_plan
+                              else f"run again: {', '.join(changed[s.name])}" if s.name in changed
                               else "cannot run: " + s.problem if s.problem else "run")
             for s in mine
         ]  # fmt: skip
     created = batch.prepare_out_dir(out, mine)
     try:
         batch.clean_stale_temps(out, mine)
-        changed: dict[str, list[str]] = {}
-        done, todo = batch.split_finished(mine, out, study_options, changed) if skip else ([], mine)
         if on_note is not None and n_parts > 1:
             how = ", from the Slurm job array" if from_slurm else ""
             on_note(f"part {part} of {n_parts} (0-based{how}): {len(mine)} of {len(studies)} studies")

@@ -43,12 +43,8 @@ class EnsembleMode(str, Enum):
     mean = "mean"
 
 
-_DEBUG = {"on": False}  # set by any command's --debug: tracebacks of unexpected errors are shown
+# --debug: predict prints its studies' tracebacks; for the command itself ``main`` reads it from sys.argv
 Debug = Annotated[bool, typer.Option("--debug", help="Show the traceback of an unexpected error (a bug) instead of one line.")]
-
-
-def _set_debug(value: bool) -> None:
-    _DEBUG["on"] = value
 
 
 def _fail(message: str) -> typer.Exit:
@@ -115,7 +111,6 @@ def predict(
     uneven slices, heart at the edge of the field of view, ...); --strict makes them errors.
     Batches: give many inputs, folders or patterns; rerunning skips finished studies, and
     --num-parts/--part-id (or a Slurm job array) split the studies between processes."""
-    _set_debug(debug)
     from cardioseg import console
     from cardioseg.api import predict as run
 
@@ -170,7 +165,6 @@ def preprocess(
 ) -> None:
     """Resample, crop/pad and normalise labelled frames into a memory-mapped training cache
     with truncated signed distance maps per structure (DMR paper, Eq. 2)."""
-    _set_debug(debug)
     from cardioseg import console
     from cardioseg.dataset import build_cache, find_frames
     from cardioseg.preprocess import PreprocessConfig
@@ -225,7 +219,6 @@ def train(
     Under torchrun (``torchrun --nproc_per_node N -m cardioseg train ...``) each process
     trains a shard of every batch with DistributedDataParallel.
     """
-    _set_debug(debug)
     from cardioseg import console
     from cardioseg.train import TrainConfig, export_run, fold_configs, load_config
     from cardioseg.train import train as run_training
@@ -283,7 +276,6 @@ def evaluate(
     """Score masks against references: Dice, Jaccard, HD, HD95, ASSD, MSD per structure and
     phase, apical/mid/basal Dice, per-group summaries and clinical agreement (EF, volumes, mass).
     """
-    _set_debug(debug)
     from cardioseg import console
     from cardioseg.api import evaluate as run
 
@@ -330,7 +322,7 @@ def main() -> None:
     try:
         app()
     except Exception as exc:  # the last line of defence; --debug re-raises
-        if _DEBUG["on"] or "--debug" in sys.argv:
+        if "--debug" in sys.argv:
             raise
         detail = " ".join(str(exc).split())
         typer.echo(f"cardioseg: error: unexpected error: {type(exc).__name__}" + (f": {detail}" if detail else "") + DEBUG_HINT, err=True)

@@ -78,11 +78,16 @@ def _choose_ed_es(
     detected_ed, detected_es = detect_ed_es(per_frame)
     ed = options.ed_frame if options.ed_frame is not None else study.ed_frame
     es = options.es_frame if options.es_frame is not None else study.es_frame
+    check_frame_indices(ed, es, n)
+    overridden = ed is not None and es is not None
+    return (detected_ed if ed is None else ed), (detected_es if es is None else es), overridden
+
+
+def check_frame_indices(ed: int | None, es: int | None, n: int) -> None:
+    """ConfigError for an ED/ES frame index outside a cine of ``n`` frames."""
     for name, value in (("ED", ed), ("ES", es)):
         if value is not None and not 0 <= value < n:
             raise ConfigError(f"{name} frame {value} is outside the cine's frames 0..{n - 1}")
-    overridden = ed is not None and es is not None
-    return (detected_ed if ed is None else ed), (detected_es if es is None else es), overridden
 
 
 def tta_agreement_flags(agreement: list[float], ed: int | None, es: int | None, limits: QcLimits | None = None) -> list[Flag]:

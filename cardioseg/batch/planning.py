@@ -228,9 +228,11 @@ def expected_frames(study: Study) -> int:
                 continue
             import nibabel as nib
 
+            from cardioseg.io.nifti import squeeze_shape
+
             img: Any = nib.load(str(path))  # header only
-            shape = img.shape
-            total += int(shape[3]) if len(shape) > 3 and shape[3] > 1 else int(shape[4]) if len(shape) > 4 else 1
+            shape = squeeze_shape(tuple(int(v) for v in img.shape))
+            total += shape[3] if len(shape) == 4 else 1
         except Exception:  # noqa: BLE001 - an unreadable input fails later, with its own error; here it counts as one
             total += 1
     return max(total, 1)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cardioseg.batch.measure import Measurements, measure_study
+from cardioseg.batch.measure import Measurements, check_frame_indices, measure_study
 from cardioseg.batch.outputs import output_paths, overlay_path, refresh_summary
 from cardioseg.batch.segmenter import Segmenter
 from cardioseg.batch.studies import BatchInterrupted, Study, StudyKind, StudyOptions, StudyResult
@@ -54,10 +54,7 @@ def read_study(study: Study, options: StudyOptions) -> list[Volume]:
         if volumes[0].data.shape != volumes[1].data.shape:
             raise ConfigError(f"ED and ES frames differ in shape {volumes[0].data.shape} vs {volumes[1].data.shape}")
     if study.kind is not StudyKind.PAIR and volumes[0].is_cine:  # checked from the header, before any inference
-        n = volumes[0].n_frames
-        for name, value in (("ED", options.ed_frame), ("ES", options.es_frame)):
-            if value is not None and not 0 <= value < n:
-                raise ConfigError(f"{name} frame {value} is outside the cine's frames 0..{n - 1}")
+        check_frame_indices(options.ed_frame, options.es_frame, volumes[0].n_frames)
     return volumes
 
 

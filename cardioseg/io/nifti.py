@@ -24,7 +24,7 @@ from cardioseg.errors import CardiosegError, UnreadableInputError, UnsupportedIn
 from cardioseg.io.files import atomic_path
 from cardioseg.io.volume import Volume, VolumeMeta, check_voxel_count, check_voxels
 
-__all__ = ["describe_error", "mask_header", "read_nifti", "write_mask"]
+__all__ = ["describe_error", "mask_header", "read_nifti", "squeeze_shape", "write_mask"]
 
 XFORM_CODES = {0: "unknown", 1: "scanner", 2: "aligned", 3: "talairach", 4: "mni", 5: "template"}
 SPACING_LIMITS_MM = (1e-3, 1e3)  # a voxel edge outside this range is a damaged header, not an MRI
@@ -107,7 +107,7 @@ def read_nifti(path: Path, max_voxels: int | None = None) -> Volume:
         raise _unreadable(path, exc) from exc
 
 
-def _squeeze_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+def squeeze_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
     """Drop the singleton axes some writers add: (X, Y, Z, 1, T) -> (X, Y, Z, T); (X, Y, Z, 1) -> (X, Y, Z)."""
     if len(shape) == 5 and shape[3] == 1:
         shape = shape[:3] + shape[4:]
@@ -128,7 +128,7 @@ def _load_header(path: Path) -> tuple[Any, list[str]]:
 
 def _read_nifti(path: Path, max_voxels: int | None) -> Volume:
     img, raw_warnings = _load_header(path)
-    shape = _squeeze_shape(tuple(int(v) for v in img.shape))
+    shape = squeeze_shape(tuple(int(v) for v in img.shape))
     if len(shape) not in (3, 4) or min(shape) < 1:
         raise UnsupportedInputError(
             f'File "{path}" has shape {shape}: cardioseg needs a 3D frame (X, Y, Z) or a 4D cine (X, Y, Z, T)'

@@ -159,14 +159,16 @@ def _load_failure(path: Path, exc: BaseException) -> str:
     import zipfile
 
     text = str(exc)
-    head = path.read_bytes()[:2]
-    if head == b"PK" and ("central directory" in text or not zipfile.is_zipfile(path)):
+    with open(path, "rb") as f:
+        head = f.read(2)
+    is_zip = zipfile.is_zipfile(path)
+    if head == b"PK" and ("central directory" in text or not is_zip):
         return "the file is truncated or damaged (its zip archive is incomplete)"
-    if head[:1] != b"\x80" and not zipfile.is_zipfile(path):
+    if head[:1] != b"\x80" and not is_zip:
         return "it is not a PyTorch checkpoint (not a zip archive; a text file, or truncated?)"
     if "Weights only load failed" in text:
         return "it holds Python objects other than tensors, which cardioseg refuses to unpickle (not a cardioseg checkpoint)"
-    if not zipfile.is_zipfile(path):
+    if not is_zip:
         return "it is an old-style pickle, not a cardioseg checkpoint"
     if "PytorchStreamReader" in text:
         return "the file is damaged (its zip archive cannot be read)"
