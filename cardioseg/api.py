@@ -142,13 +142,15 @@ def predict(
     batch (default: from a Slurm job array).
 
     ``on_plan({study: frames})``: how many frames each study to run is expected to hold
-    (from headers; for progress bars that count frames, not studies). ``dry_run``: plan only (nothing is written or loaded): one result per study with its
-    expected ``outputs`` and ``planned`` (what a run would do).
+    (from headers; for progress bars that count frames, not studies). ``dry_run``: plan only
+    (nothing is written or loaded): one result per study with its expected ``outputs`` and
+    ``planned`` (what a run would do).
 
     Returns one result per study of this part, in order: finished ones (``skipped``) first,
     then those run now, each with its ``report``, ``outputs`` or ``error``. Callbacks:
     ``on_start(n_to_run, n_skipped)``, ``on_frame(study, t)``, ``on_result(result)``,
-    ``on_note(text)`` for what a user should know (parts, skipped studies).
+    ``on_note(text)`` for what a user should know (entries of input folders left out, parts,
+    skipped studies).
     """
     from cardioseg import batch
     from cardioseg.inference import PredictOptions
@@ -163,7 +165,11 @@ def predict(
     out = Path(out_dir)
     paths = [Path(inputs)] if isinstance(inputs, (str, os.PathLike)) else [Path(p) for p in inputs]
     n_parts, part, from_slurm = batch.resolve_parts(num_parts, part_id, os.environ)
-    studies = batch.plan_studies(paths, _path(ed), _path(es), study)
+    planning_notes: list[str] = []
+    studies = batch.plan_studies(paths, _path(ed), _path(es), study, planning_notes)
+    if on_note is not None:
+        for line in planning_notes:
+            on_note(line)
     mine = batch.shard(studies, n_parts, part)
     skip = skip_existing if skip_existing is not None else (len(studies) > 1 or n_parts > 1)
     if study_options.overlay:

@@ -114,7 +114,7 @@ def print_plan(results: list[StudyResult], out: Path) -> None:
     for r in results:
         key = (r.planned or "run").split(":")[0]
         counts[key] = counts.get(key, 0) + 1
-    typer.echo(f"plan: {len(results)} studies: " + ", ".join(f"{n} {k}" for k, n in counts.items()) + " (--dry-run: nothing written)")
+    typer.echo(f"plan: {len(results)} stud{'y' if len(results) == 1 else 'ies'}: " + ", ".join(f"{n} {k}" for k, n in counts.items()) + " (--dry-run: nothing written)")
 
 
 TABLE_ROWS = 40
@@ -203,26 +203,35 @@ def print_evaluation(ev: Evaluation, out: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from cardioseg.evaluation import MIN_N_CORRELATION, MIN_N_WILCOXON
+
+    starred = False
+
     def mean(d: dict, digits: int = 2) -> str:
+        nonlocal starred
         if not d or d["n"] == 0:
             return "-" if not d or not d["n_inf"] else "inf"
+        starred = starred or bool(d.get("n_inf"))
         return f"{d['mean']:.{digits}f}" + ("*" if d.get("n_inf") else "")
 
     console = Console()
     summary = ev.summary
-    table = Table(
-        title=f"cardioseg evaluate -> {out}  ({summary['n_frames']} frames)", box=box.SIMPLE,
-        caption="means over frames; distances in mm; * some frames miss a structure on one side (inf, left out); "
-        "SD, median and more in summary.json",
-    )  # fmt: skip
-    for col in ("phase", "structure", "n", "Dice", "Jaccard", "HD95", "ASSD", "MSD", "HD"):
-        table.add_column(col, justify="left" if col in {"phase", "structure"} else "right")
+    notes: list[str] = []
+    rows = []
     for phase, labels in summary["by_phase"].items():
         for label, m in labels.items():
-            table.add_row(
+            rows.append((
                 phase, label, str(m["dice"]["n"] + m["dice"]["n_nan"]), mean(m["dice"], 3), mean(m["jaccard"], 3),
                 mean(m["hd95_mm"]), mean(m["assd_mm"]), mean(m["msd_mm"]), mean(m["hd_mm"]),
-            )  # fmt: skip
+            ))  # fmt: skip
+    caption = "means over frames; distances in mm; SD, median and more in summary.json"
+    if starred:
+        caption += "; * some frames miss a structure on one side (distance inf, left out of the mean)"
+    table = Table(title=f"cardioseg evaluate -> {out}  ({summary['n_frames']} frames)", box=box.SIMPLE, caption=caption)
+    for col in ("phase", "structure", "n", "Dice", "Jaccard", "HD95", "ASSD", "MSD", "HD"):
+        table.add_column(col, justify="left" if col in {"phase", "structure"} else "right")
+    for row in rows:
+        table.add_row(*row)
     console.print(table)
     everything = summary["all"]
     if everything and any(everything[label]["dice_mid"]["n"] for label in everything):
@@ -245,18 +254,71 @@ def print_evaluation(ev: Evaluation, out: Path) -> None:
         t = Table(title=f"clinical agreement, prediction - reference ({len(ev.clinical)} studies)", box=box.SIMPLE)
         for col in ("measure", "n", "r", "bias", "95 % limits", "MAE"):
             t.add_column(col, justify="left" if col == "measure" else "right")
+        few = False
         for key, a in summary["clinical"].items():
-            t.add_row(key, str(a["n"]), f"{a['pearson_r']:.3f}", f"{a['bias']:+.2f}",
+            shown = a["n"] >= MIN_N_CORRELATION
+            few = few or not shown
+            t.add_row(key, str(a["n"]), f"{a['pearson_r']:.3f}" if shown else "-", f"{a['bias']:+.2f}",
                       f"{a['loa_low']:+.1f} … {a['loa_high']:+.1f}", f"{a['mae']:.2f}")  # fmt: skip
         console.print(t)
+        if few:
+            notes.append(f"r not shown for fewer than {MIN_N_CORRELATION} studies: too few for a correlation to mean "
+                         "much (it is in summary.json)")  # fmt: skip
     if ev.compare:
-        t = Table(title="A vs B, paired Wilcoxon signed-rank (all metrics in compare.csv)", box=box.SIMPLE)
+        name_a, name_b = ev.method_names
+        t = Table(title=f"A = {name_a} vs B = {name_b}, paired Wilcoxon signed-rank (all metrics in compare.csv)",
+                  box=box.SIMPLE)  # fmt: skip
         for col in ("phase", "structure", "metric", "n", "mean A", "mean B", "p"):
             t.add_column(col, justify="left" if col in {"phase", "structure", "metric"} else "right")
+        few = False
         for r in ev.compare:
             if r["metric"] in ("dice", "hd95_mm"):
+                shown = r["n_pairs"] >= MIN_N_WILCOXON
+                few = few or not shown
                 t.add_row(r["phase"], r["label"], r["metric"], str(r["n_pairs"]), f"{r['mean_a']:.3f}",
-                          f"{r['mean_b']:.3f}", f"{r['p_value']:.2g}")  # fmt: skip
+                          f"{r['mean_b']:.3f}", f"{r['p_value']:.2g}" if shown else "-")  # fmt: skip
+        console.print(t)
+        if few:
+            notes.append(f"p not shown for fewer than {MIN_N_WILCOXON} pairs: a two-sided Wilcoxon p cannot fall "
+                         "below 0.05 with so few (it is in compare.csv)")  # fmt: skip
+    _print_worst(console, summary.get("worst") or {})
+    for line in notes:
+        console.print(line, highlight=False)
+
+
+def _print_worst(console: Any, worst: dict[str, list[dict[str, Any]]]) -> None:
+    """The worst cases by Dice and by EF error, under the tables."""
+    from rich import box
+    from rich.table import Table
+
+    def num(v: object, spec: str) -> str:
+        if v is None or math.isnan(float(v)):  # type: ignore[arg-type]
+            return "-"
+        return format(float(v), spec) if math.isfinite(float(v)) else "inf"  # type: ignore[arg-type]
+
+    if worst.get("dice"):
+        t = Table(title="lowest Dice (frame, structure)", box=box.SIMPLE)
+        for col in ("case", "phase", "structure", "Dice", "HD"):
+            t.add_column(col, justify="left" if col in {"case", "phase", "structure"} else "right")
+        for r in worst["dice"]:
+            t.add_row(str(r["case"]), str(r["phase"] or "-"), str(r["label"]), num(r["dice"], ".3f"), num(r["hd_mm"], ".1f"))
+        console.print(t)
+    ef = [(k, title) for k, title in (("lv_ef_pct", "LV EF"), ("rv_ef_pct", "RV EF")) if worst.get(k)]
+    if ef:
+        t = Table(title="largest EF errors, points (prediction / reference)", box=box.SIMPLE)
+        t.add_column("rank", justify="right")
+        for _, title in ef:
+            t.add_column(f"{title}: study")
+            t.add_column("error", justify="right")
+        for i in range(max(len(worst[k]) for k, _ in ef)):
+            cells = [str(i + 1)]
+            for k, _ in ef:
+                if i >= len(worst[k]):
+                    cells += ["", ""]
+                    continue
+                e = worst[k][i]
+                cells += [str(e["study"]), f"{num(e['diff'], '+.1f')} ({num(e['pred'], '.0f')} / {num(e['ref'], '.0f')})"]
+            t.add_row(*cells)
         console.print(t)
 
 

@@ -561,3 +561,105 @@ def test_the_label_trap_mnms_predictions_against_acdc_references(tmp_path):
     assert "read with the mnms label map their cardioseg reports record" in auto.stderr
     rows = list(csv.DictReader((tmp_path / "e3" / "metrics.csv").read_text().splitlines()))
     assert {r["label"]: float(r["dice"]) for r in rows} == {"rv": 1.0, "myo": 1.0, "lv": 1.0}
+
+
+# ---------------------------------------------------------------------------- what is printed
+
+
+def test_worst_cases_rank_dice_and_ef_errors():
+    rows = [mrow("a", "rv", dice=0.9), mrow("a", "lv", dice=0.4, hd_mm=12.0), mrow("b", "rv", dice=NAN),
+            mrow("b", "myo", dice=0.0), mrow("c", "lv", dice=0.95), {**mrow("c", E.AVERAGE), "dice": 0.1}]  # fmt: skip
+    clinical = [{"study": s, "lv_ef_pct_pred": p, "lv_ef_pct_ref": 60.0, "lv_ef_pct_diff": p - 60.0,
+                 "rv_ef_pct_pred": NAN, "rv_ef_pct_ref": 50.0, "rv_ef_pct_diff": NAN}
+                for s, p in (("s1", 58.0), ("s2", 75.0), ("s3", 50.0))]  # fmt: skip
+    worst = E.worst_cases(rows, clinical, n=3)
+    # Dice 0 (missing on one side) first, NaN (absent on both) and the average never ranked
+    assert [(r["case"], r["label"], r["dice"]) for r in worst["dice"]] == [("b", "myo", 0.0), ("a", "lv", 0.4), ("a", "rv", 0.9)]
+    assert worst["dice"][1]["hd_mm"] == 12.0
+    assert [(r["study"], r["diff"]) for r in worst["lv_ef_pct"]] == [("s2", 15.0), ("s3", -10.0), ("s1", -2.0)]
+    assert worst["rv_ef_pct"] == []  # no finite RV EF
+
+
+def _printed(tmp_path: Path, pred: Path, ref: Path, *extra: object):
+    result = runner.invoke(app, ["evaluate", str(pred), str(ref), "-o", str(tmp_path / "out"), *map(str, extra)],
+                           env={"COLUMNS": "100"})  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def test_printed_worst_cases_and_no_statistics_from_too_few(tmp_path, folders):
+    """One study: no r; three pairs: no Wilcoxon p; each says why; the worst cases are listed."""
+    worse = tmp_path / "worse"
+    for p in folders[0].iterdir():
+        data = np.asarray(nib.load(str(p)).dataobj)
+        data[data == 3] = 2
+        put(worse / p.name, data)
+    shown = _printed(tmp_path, *folders, "--compare", worse)
+    assert f"r not shown for fewer than {E.MIN_N_CORRELATION} studies" in shown
+    assert f"p not shown for fewer than {E.MIN_N_WILCOXON} pairs" in shown
+    assert "lowest Dice (frame, structure)" in shown and "largest EF errors" in shown
+    assert "A = pred vs B = worse" in " ".join(shown.split())
+    summary = _strict_json((tmp_path / "out" / "summary.json").read_text())
+    assert [r["dice"] for r in summary["worst"]["dice"]] == [1.0] * 5
+
+
+def test_printed_statistics_with_enough_cases(tmp_path):
+    for i in range(E.MIN_N_CORRELATION):
+        ref, pred = heart(), heart()
+        small = heart()
+        small[small == 3] = 2
+        small[4, 4, 1:3] = 3
+        pred_es = small.copy()
+        pred_es[4, 5, 1:3] = 3 if i % 2 else 2  # EF errors of both signs
+        for phase, p, r in (("ED", pred, ref), ("ES", pred_es, small)):
+            put(tmp_path / "pred" / f"s{i}_{phase}_seg.nii.gz", p)
+            put(tmp_path / "ref" / f"s{i}_{phase}_gt.nii.gz", r)
+    shown = _printed(tmp_path, tmp_path / "pred", tmp_path / "ref")
+    assert "r not shown" not in shown and "clinical agreement" in shown
+    assert "largest EF errors" in shown
+
+
+def test_inf_footnote_only_when_a_star_is_shown(tmp_path, folders):
+    assert "* some frames miss a structure" not in _printed(tmp_path, *folders)
+    no_rv = heart()
+    no_rv[no_rv == 1] = 0
+    put(folders[0] / "other_seg.nii.gz", no_rv)  # RV missing on one side: its distances are inf
+    for side, suffix in ((folders[0], "seg"), (folders[1], "gt")):
+        put(side / f"more_{suffix}.nii.gz", heart())  # ... and finite in a second frame of that phase
+    shown = _printed(tmp_path, *folders)
+    assert "* some frames miss a structure" in " ".join(shown.split()) and "*" in shown.split("some frames")[0]
+
+
+def test_bland_altman_names_all_points_of_a_small_set_and_outliers_of_a_large_one():
+    from cardioseg.plots import LABEL_ALL_UP_TO, N_LABELLED, _labelled
+
+    small = np.arange(5.0)
+    assert _labelled(small, -1.0, 1.0) == [0, 1, 2, 3, 4]
+    rng = np.random.default_rng(0)
+    diff = rng.normal(0, 1, LABEL_ALL_UP_TO + 20)
+    diff[[3, 30]] = (9.0, -9.0)
+    picked = _labelled(diff, -2.5, 2.5)
+    assert {3, 30} <= set(picked) and len(picked) >= N_LABELLED
+    assert set(picked) == set(np.flatnonzero(np.abs(diff) > 2.5)) | set(np.argsort(-np.abs(diff))[:N_LABELLED])
+
+
+def test_boxplot_shows_both_methods_with_compare(tmp_path, folders, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from matplotlib.axes import Axes
+
+    calls = []
+    real = Axes.boxplot
+
+    def spy(self, data, *args, **kwargs):
+        calls.append(len(data))
+        return real(self, data, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "boxplot", spy)
+    worse = tmp_path / "worse"
+    for p in folders[0].iterdir():
+        put(worse / p.name, np.asarray(nib.load(str(p)).dataobj))
+    ev = E.run_evaluation(*folders, tmp_path / "out", compare=worse, plots=True)
+    assert ev.other is not None and len(calls) == 2 and calls[0] == calls[1] > 0  # one set of boxes per method
+    calls.clear()
+    E.run_evaluation(*folders, tmp_path / "out1", plots=True)
+    assert len(calls) == 1

@@ -37,6 +37,7 @@ from cardioseg.batch.planning import (
     expand_pattern,
     expected_frames,
     folder_contents,
+    ignored_note,
     is_pattern,
     plan_studies,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "expected_outputs",
     "finished_report",
     "folder_contents",
+    "ignored_note",
     "is_pattern",
     "make_fingerprint",
     "mask_path",

@@ -56,7 +56,7 @@ def _holds_dicom(folder: Path) -> bool:
     return False
 
 
-def folder_contents(folder: Path) -> list[Path] | None:
+def folder_contents(folder: Path, ignored: list[Path] | None = None) -> list[Path] | None:
     """The studies inside a batch folder, or None when ``folder`` is itself one study.
 
     The rule (cheap: names, ``Info.cfg`` and the 4-byte DICOM marker only, no image decoding):
@@ -70,18 +70,23 @@ def folder_contents(folder: Path) -> list[Path] | None:
        in a sub-folder of its study folder); otherwise it is a batch of those entries.
 
     Only one level is expanded: deeper layouts take a pattern (``"data/**/*_sa.nii.gz"``).
+
+    ``ignored``, when given, receives what the rule leaves out that a user may have meant:
+    NIfTI images beside a DICOM series (rule 2); masks and folders that are not studies in a
+    batch folder (rule 3). Other files (notes, tables) are not listed, nor a patient
+    folder's own files (rule 1).
     """
     if is_patient_folder(folder):
         return None
     with os.scandir(folder) as it:
-        entries = sorted(it, key=lambda e: e.name)
+        entries = [e for e in sorted(it, key=lambda e: e.name) if not e.name.startswith(".")]
     if any(_may_be_dicom(e) for e in entries):
+        if ignored is not None:
+            ignored += [Path(e.path) for e in entries if e.is_file() and is_image_name(e.name) and not looks_like_mask(e.name)]
         return None
     found: list[Path] = []
     n_dicom = 0
     for e in entries:
-        if e.name.startswith("."):
-            continue
         path = Path(e.path)
         if e.is_dir():
             if is_patient_folder(path):
@@ -91,9 +96,35 @@ def folder_contents(folder: Path) -> list[Path] | None:
                 n_dicom += 1
         elif e.is_file() and is_image_name(e.name) and not looks_like_mask(e.name):
             found.append(path)
-    if not found or (len(found) == 1 and n_dicom == 1):
+    if not found:
         return None
-    return found
+    if ignored is not None:
+        ignored += [Path(e.path) for e in entries if Path(e.path) not in found and (e.is_dir() or is_image_name(e.name))]
+    return None if len(found) == 1 and n_dicom == 1 else found
+
+
+def _names(paths: list[Path], limit: int = 3) -> str:
+    shown = ", ".join(p.name + ("/" if p.is_dir() else "") for p in paths[:limit])
+    return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
+
+
+def ignored_note(folder: Path, ignored: list[Path]) -> str:
+    """One line naming what ``folder_contents`` left out of ``folder``, and why."""
+    masks = [p for p in ignored if not p.is_dir() and looks_like_mask(p.name)]
+    images = [p for p in ignored if not p.is_dir() and not looks_like_mask(p.name)]
+    folders = [p for p in ignored if p.is_dir()]
+    parts = []
+    if images:
+        parts.append(f"{_names(images)} (beside a DICOM series, which is one study; give {'it' if len(images) == 1 else 'them'} "
+                     "as an input of its own)")  # fmt: skip
+    if masks:
+        parts.append(f"{len(masks)} mask{'s' if len(masks) > 1 else ''} (*_seg, *_gt: {_names(masks, 2)})")
+    if folders:
+        one = len(folders) == 1
+        parts.append(f"{_names(folders)} (not {'a study' if one else 'studies'} here; give "
+                     f"{'it as an input of its own' if one else 'them as inputs of their own'}, or a pattern such as "
+                     f"\"{folder}/**/*.nii.gz\")")  # fmt: skip
+    return f"{folder}: not segmented: " + "; ".join(parts)
 
 
 def expand_pattern(pattern: str) -> list[Path]:
@@ -107,8 +138,11 @@ def expand_pattern(pattern: str) -> list[Path]:
     return found
 
 
-def expand_inputs(inputs: list[Path]) -> list[tuple[Path, bool]]:
-    """Command-line inputs -> (path, came from expanding a pattern or folder) per study input."""
+def expand_inputs(inputs: list[Path], notes: list[str] | None = None) -> list[tuple[Path, bool]]:
+    """Command-line inputs -> (path, came from expanding a pattern or folder) per study input.
+
+    ``notes``, when given, receives one line per folder whose expansion left entries out
+    (:func:`ignored_note`)."""
     out: list[tuple[Path, bool]] = []
     for p in inputs:
         if is_pattern(p):
@@ -118,7 +152,10 @@ def expand_inputs(inputs: list[Path]) -> list[tuple[Path, bool]]:
         else:
             raise InputFileNotFoundError(f'File not found: "{p}"')
         for path, expanded in candidates:
-            inside = folder_contents(path) if path.is_dir() else None
+            ignored: list[Path] = []
+            inside = folder_contents(path, ignored) if path.is_dir() else None
+            if ignored and notes is not None:
+                notes.append(ignored_note(path, ignored))
             out += [(q, True) for q in inside] if inside is not None else [(path, expanded)]
     return out
 
@@ -155,9 +192,12 @@ def _patient_study(path: Path) -> Study:
     )  # fmt: skip
 
 
-def plan_studies(inputs: list[Path], ed: Path | None, es: Path | None, study: str | None = None) -> list[Study]:
+def plan_studies(
+    inputs: list[Path], ed: Path | None, es: Path | None, study: str | None = None, notes: list[str] | None = None
+) -> list[Study]:
     """Turn command-line inputs into studies; raises on a missing path, a pattern that matches
     nothing, an unusable folder or two studies that would write the same output file.
+    ``notes`` receives a line per folder whose expansion left entries out.
 
     Inputs are NIfTI files, DICOM series folders, patient folders, batch folders (expanded by
     ``folder_contents``) and glob patterns (``expand_pattern``). The same input reached twice
@@ -171,7 +211,7 @@ def plan_studies(inputs: list[Path], ed: Path | None, es: Path | None, study: st
             if not p.exists():
                 raise InputFileNotFoundError(f'File not found: "{p}"')
         studies.append(Study(study or study_name(ed, es), StudyKind.PAIR, (ed, es)))
-    studies += [_study_for(p, expanded) for p, expanded in expand_inputs(inputs)]
+    studies += [_study_for(p, expanded) for p, expanded in expand_inputs(inputs, notes)]
     seen: set[tuple[Path, ...]] = set()
     unique: list[Study] = []
     for s in studies:

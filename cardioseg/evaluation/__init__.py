@@ -29,6 +29,8 @@ from cardioseg.evaluation.tables import (
     CASE_COLUMNS,
     CLINICAL_KEYS,
     COMPARED,
+    MIN_N_CORRELATION,
+    MIN_N_WILCOXON,
     Evaluation,
     clinical_agreement,
     clinical_rows,
@@ -37,13 +39,15 @@ from cardioseg.evaluation.tables import (
     evaluate,
     metric_rows,
     summarize,
+    worst_cases,
 )
 from cardioseg.evaluation.writing import write_evaluation
 
 __all__ = [
-    "AVERAGE", "CASE_COLUMNS", "CLINICAL_KEYS", "COMPARED", "METRICS", "PRED_SUFFIXES", "REF_SUFFIXES",
+    "AVERAGE", "CASE_COLUMNS", "CLINICAL_KEYS", "COMPARED", "METRICS", "MIN_N_CORRELATION", "MIN_N_WILCOXON",
+    "PRED_SUFFIXES", "REF_SUFFIXES",
     "Case", "CaseResult", "EvaluateOptions", "Evaluation", "FrameResult", "Pairing",
     "clinical_agreement", "clinical_rows", "compare_rows", "describe", "describe_cases", "evaluate",
     "evaluate_case", "metric_rows", "pair_files", "read_pairs_csv", "run_evaluation", "summarize",
-    "write_evaluation",
+    "worst_cases", "write_evaluation",
 ]  # fmt: skip

@@ -83,6 +83,7 @@ def run_evaluation(
         ev_b = evaluate(describe_cases(pairing_b.cases, pairs_map), options, myo_density_g_ml, progress=advance)
         ev.compare = compare_rows(ev.rows, ev_b.rows)
         ev.compare_errors = {r.case.key: r.error for r in ev_b.errors if r.error}
+        ev.other = ev_b
     ev.provenance = {
         "pred": str(pred), "ref": str(ref), "compare_with": str(compare) if compare else None,
         "unmatched_pred": [str(p) for p in pairing.unmatched_pred],

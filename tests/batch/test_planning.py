@@ -90,6 +90,33 @@ def test_dicom_series_folder_stays_one_study(tmp_path, small_phantom):
     assert [(s.name, s.paths[0].name) for s in studies] == [("frame", "frame.nii.gz"), ("sax", "sax"), ("sax2", "sax2")]
 
 
+def test_what_a_folder_expansion_leaves_out_is_noted(tmp_path, small_phantom, frames, tiny_weights_path):
+    """A NIfTI beside a DICOM series, masks, and folders holding no study are named; notes are not."""
+    data = np.clip(small_phantom.image[..., :2], 0, 4000).astype(np.int16)
+    sunny = tmp_path / "sunnybrook"
+    write_series(sunny, data)
+    save_nifti(sunny / "cine4d.nii.gz", small_phantom.image, small_phantom.affine)
+    notes: list[str] = []
+    assert names(plan_studies([sunny], None, None, notes=notes)) == ["sunnybrook"]
+    assert notes == [(f"{sunny}: not segmented: cine4d.nii.gz (beside a DICOM series, which is one study; "
+                     "give it as an input of its own)")]  # fmt: skip
+    (frames / "deeper" / "x").mkdir(parents=True)
+    notes = []
+    assert names(plan_studies([frames], None, None, notes=notes)) == ["a", "b", "c"]
+    assert notes == [(f"{frames}: not segmented: 2 masks (*_seg, *_gt: a_seg.nii.gz, b_gt.nii); deeper/ (not a study "
+                     f'here; give it as an input of its own, or a pattern such as "{frames}/**/*.nii.gz")')]  # fmt: skip
+    clean = tmp_path / "clean"
+    save_nifti(clean / "z.nii.gz", small_phantom.image[..., 0], small_phantom.affine)
+    (clean / "README.md").write_text("notes are not studies and not worth a note")
+    notes = []
+    plan_studies([clean, frames / "a.nii.gz"], None, None, notes=notes)
+    assert notes == []
+    result = runner.invoke(app, ["predict", str(sunny), "-o", str(tmp_path / "out"), "-w", str(tiny_weights_path),
+                                 "--device", "cpu", "--dry-run"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "not segmented: cine4d.nii.gz" in " ".join(result.stderr.split())
+
+
 def test_planning_reads_no_image(frames, monkeypatch):
     import nibabel as nib
 
