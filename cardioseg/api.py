@@ -6,7 +6,7 @@
 >>> labels = cardioseg.segment(cardioseg.read_volume("frame.nii.gz"))   # doctest: +SKIP
 >>> ev = cardioseg.evaluate("out", "data", "eval")                      # doctest: +SKIP
 
-:func:`predict` and :func:`evaluate` write exactly the files the commands write; the CLI is a
+:func:`predict`, :func:`measure` and :func:`evaluate` write exactly the files the commands write; the CLI is a
 thin shell over these functions (parse, one call, render, exit code). :func:`segment` works in
 memory. Errors a user can fix raise :class:`cardioseg.errors.CardiosegError` with one line;
 per-study failures of a batch are recorded in the results and never stop the others.
@@ -257,6 +257,56 @@ def evaluate(
         pairs=_path(pairs), compare=_path(compare), plots=plots, myo_density_g_ml=myo_density_g_ml,
         regional=regional, progress=progress, on_note=on_note,
     )  # fmt: skip
+
+
+def measure(
+    inputs: PathLike | Sequence[PathLike],
+    out_dir: PathLike,
+    *,
+    ed: PathLike | None = None,
+    es: PathLike | None = None,
+    study: str | None = None,
+    labels: str | None = None,
+    myo_density_g_ml: float = 1.05,
+    ed_frame: int | None = None,
+    es_frame: int | None = None,
+    height_cm: float | None = None,
+    weight_kg: float | None = None,
+    strict: bool = False,
+    overlay: bool = False,
+    on_result: Callable[[StudyResult], Any] | None = None,
+    on_note: Callable[[str], Any] | None = None,
+) -> list[StudyResult]:
+    """The clinical report of existing label masks, as ``cardioseg measure`` does: the same
+    measuring function, report (``<study>_report.json``) and ``summary.csv`` as :func:`predict`,
+    without a network (torch is not imported).
+
+    ``inputs``: mask files (3D, or 4D for a cine), ACDC patient folders (the masks of the
+    frames their ``Info.cfg`` names), ``predict`` output folders (one study per report) or
+    folders of masks; ``ed``/``es``: one ED/ES pair of 3D masks. ``labels``: the masks'
+    label preset (``acdc``, ``mnms``, ``ukbb``; None: the label map cardioseg's reports beside
+    them record, else ACDC). ``overlay``: a bullseye PNG of the regional wall thickness per
+    study (needs matplotlib). Failed studies are in the results (``error``), not raised.
+    """
+    from cardioseg.batch import StudyOptions
+    from cardioseg.batch.masks import MeasureOptions, plan_mask_studies, run_measure
+    from cardioseg.labels import get_label_map
+
+    if myo_density_g_ml <= 0:
+        raise _config_error(f"--myo-density must be positive, got {myo_density_g_ml}")
+    paths = [Path(inputs)] if isinstance(inputs, (str, os.PathLike)) else [Path(p) for p in inputs]
+    if overlay:
+        from cardioseg.plots import require_matplotlib
+
+        require_matplotlib("--overlay")
+    first = paths[0] if paths else _path(ed)
+    label_map = get_label_map(labels) if labels is not None else (
+        _labels_of_reports(first, on_note) if first is not None and first.exists() else get_label_map("acdc"))  # fmt: skip
+    studies = plan_mask_studies(paths, _path(ed), _path(es), study)
+    options = MeasureOptions(label_map, StudyOptions(
+        myo_density_g_ml=myo_density_g_ml, ed_frame=ed_frame, es_frame=es_frame, height_cm=height_cm,
+        weight_kg=weight_kg, strict=strict, overlay=overlay))  # fmt: skip
+    return run_measure(studies, Path(out_dir), options, on_result=on_result)
 
 
 def _labels_of_reports(pred: Path, on_note: Callable[[str], Any] | None) -> LabelMap:

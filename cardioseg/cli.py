@@ -154,6 +154,56 @@ def predict(
 
 
 @app.command()
+def measure(
+    inputs: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Label masks (3D, or 4D for a cine; NIfTI), ACDC patient folders (the masks of the ED/ES frames Info.cfg names: _gt, else _seg), cardioseg predict output folders (one study per report), folders of masks (X_ED/X_ES masks pair up), or quoted glob patterns.", show_default=False),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for the reports and summary.csv (created if needed).")] = Path("cardioseg_measure"),
+    ed: Annotated[Path | None, typer.Option("--ed", help="End-diastolic 3D mask of a study (with --es).")] = None,
+    es: Annotated[Path | None, typer.Option("--es", help="End-systolic 3D mask of a study (with --ed).")] = None,
+    study: Annotated[str | None, typer.Option("--study", help="Name of the --ed/--es study (default: their common stem).")] = None,
+    labels: Annotated[str | None, typer.Option("--labels", help="Label preset of the masks: acdc | mnms | ukbb (default: the label map in cardioseg's reports beside them, else acdc).", show_default=False)] = None,
+    ed_frame: Annotated[int | None, typer.Option("--ed-frame", min=0, help="0-based ED frame of a 4D mask (default: largest LV volume).")] = None,
+    es_frame: Annotated[int | None, typer.Option("--es-frame", min=0, help="0-based ES frame of a 4D mask (default: smallest LV volume).")] = None,
+    myo_density: Annotated[float, typer.Option("--myo-density", help="Myocardial density in g/mL for LV mass.")] = 1.05,
+    height_cm: Annotated[float | None, typer.Option("--height-cm", help="Height for BSA indexing (overrides Info.cfg).")] = None,
+    weight_kg: Annotated[float | None, typer.Option("--weight-kg", help="Weight for BSA indexing (overrides Info.cfg).")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Treat any quality-control flag as an error: the study gets exit code 1 and no report.")] = False,
+    overlay: Annotated[bool, typer.Option("--overlay", help="Also write DIR/<study>_bullseye.png: the AHA wall thickness (needs matplotlib).")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No notes or table.")] = False,
+    debug: Debug = False,
+) -> None:
+    """The clinical report of existing label masks (cardioseg's, nnU-Net's, an expert's): the
+    same volumes, EF, mass, QC flags, report and summary.csv as predict, with no network."""
+    from cardioseg import console
+    from cardioseg.api import measure as run
+
+    if not inputs and ed is None:
+        raise _fail("give masks to measure (files, folders or patterns), or --ed and --es")
+    try:
+        results = run(
+            inputs or [], out, ed=ed, es=es, study=study, labels=labels, myo_density_g_ml=myo_density,
+            ed_frame=ed_frame, es_frame=es_frame, height_cm=height_cm, weight_kg=weight_kg, strict=strict,
+            overlay=overlay, on_note=None if quiet else console.note,
+        )  # fmt: skip
+    except CardiosegError as exc:
+        raise _fail(str(exc)) from None
+    for r in results:
+        for text in r.warnings:
+            console.warning(f"{r.study.name}: {text}")
+    failed = [r for r in results if r.error]
+    for r in failed:
+        if debug and r.traceback:
+            typer.echo(r.traceback, err=True)
+        console.error(f"{r.study.name}: {r.error}")
+    if not quiet:
+        console.print_predict_results([r for r in results if r.report], out, "measure")
+    if failed:
+        raise typer.Exit(code=1)
+
+
+@app.command()
 def preprocess(
     data: Annotated[Path, typer.Argument(help="ACDC root (patientNNN/ with Info.cfg) or a folder with images/ and labels/.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Cache folder to write (replaced if it exists).")],

@@ -8,6 +8,7 @@ BSA by Mosteller, sqrt(height_cm x weight_kg / 3600) m^2.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,3 +95,43 @@ def clinical_measures(
         out[f"{key}i_ml_m2"] = out[f"{key}_ml"] / bsa if bsa else None  # type: ignore[operator]
     out["lv_mass_index_g_m2"] = out["lv_mass_g"] / bsa if bsa else None  # type: ignore[operator]
     return out
+
+
+def cine_rates(lv_ml: Sequence[float], ed: int, es: int, interval_ms: float) -> dict[str, float | None]:
+    """LV peak ejection and filling rates from a cine's volume curve (keys carry units).
+
+    The cine is taken as one cardiac cycle: systole runs from frame ``ed`` forward to ``es``,
+    diastole from ``es`` forward (wrapping round the end) back to ``ed``. Rates are forward
+    differences between consecutive frames, ``(V[t+1] - V[t]) / interval``, without smoothing;
+    the peak ejection rate is the largest fall in systole and the peak filling rate the largest
+    rise in diastole (both positive, mL/s). The time to peak filling runs from ES to the middle
+    of that steepest interval. ``lv_pfr_edv_per_s`` is the peak filling rate over EDV.
+    A phase of fewer than one step gives None.
+
+    >>> r = cine_rates([100.0, 80.0, 50.0, 60.0, 90.0], ed=0, es=2, interval_ms=50.0)
+    >>> r["lv_peak_ejection_rate_ml_s"], r["lv_peak_filling_rate_ml_s"], r["lv_time_to_peak_filling_ms"]
+    (600.0, 600.0, 75.0)
+    """
+    v = np.asarray(lv_ml, dtype=np.float64)
+    n = v.size
+    if interval_ms <= 0 or not math.isfinite(interval_ms):
+        raise ConfigError(f"the frame interval must be a positive number of ms, got {interval_ms}")
+    seconds = interval_ms / 1000.0
+
+    def steps(start: int, stop: int) -> np.ndarray:  # V[t+1] - V[t] for t from start forward to stop (cyclic)
+        count = (stop - start) % n
+        idx = (start + np.arange(count)) % n
+        return v[(idx + 1) % n] - v[idx]
+
+    systole, diastole = steps(ed, es), steps(es, ed)
+    per = float(-systole.min() / seconds) if systole.size else None
+    pfr = float(diastole.max() / seconds) if diastole.size else None
+    ttpf = float((int(diastole.argmax()) + 0.5) * interval_ms) if diastole.size else None
+    edv = float(v[ed])
+    return {
+        "lv_peak_ejection_rate_ml_s": per,
+        "lv_peak_filling_rate_ml_s": pfr,
+        "lv_time_to_peak_filling_ms": ttpf,
+        "lv_pfr_edv_per_s": pfr / edv if pfr is not None and edv > 0 else None,
+        "frame_interval_ms": interval_ms,
+    }

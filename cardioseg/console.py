@@ -140,7 +140,7 @@ def _frame_values(rep: dict[str, Any]) -> dict[str, float | None]:
             else (myo * rep.get("myo_density_g_ml", 1.05) if myo is not None else None)}  # fmt: skip
 
 
-def print_predict_results(results: list[StudyResult], out: Path) -> None:
+def print_predict_results(results: list[StudyResult], out: Path, command: str = "predict") -> None:
     """The table of a run: one row per study; QC codes listed under it (not squeezed into a
     column), values a QC flag concerns marked ``!``, a single frame's volumes and mass shown."""
     from rich.console import Console
@@ -152,7 +152,7 @@ def print_predict_results(results: list[StudyResult], out: Path) -> None:
     results = results[:TABLE_ROWS] if more else results
     from rich import box
 
-    table = Table(title=f"cardioseg predict -> {out}", show_lines=False, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
+    table = Table(title=f"cardioseg {command} -> {out}", show_lines=False, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
                   caption=f"... and {more} more studies: see {out / 'summary.csv'}" if more else None)  # fmt: skip
     cols = [("study", "study"), ("ED/ES", None), ("LV EDV\nmL", "lv_edv_ml"), ("LV ESV\nmL", "lv_esv_ml"),
             ("LV EF\n%", "lv_ef_pct"), ("RV EDV\nmL", "rv_edv_ml"), ("RV EF\n%", "rv_ef_pct"),

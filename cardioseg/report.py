@@ -26,14 +26,16 @@ SUMMARY_COLUMNS = [
 
 
 def versions() -> dict[str, str]:
+    """cardioseg's, Python's, numpy's and torch's versions (torch's from its installed metadata,
+    so ``measure`` never imports it)."""
+    from importlib import metadata
+
     import numpy
 
     out = {"cardioseg": __version__, "python": platform.python_version(), "numpy": numpy.__version__}
     try:
-        import torch
-
-        out["torch"] = torch.__version__
-    except ImportError:  # pragma: no cover - torch is a core dependency
+        out["torch"] = metadata.version("torch")
+    except metadata.PackageNotFoundError:  # pragma: no cover - torch is a core dependency
         pass
     return out
 
@@ -61,6 +63,7 @@ def build_report(
     warnings: list[str] | None = None,
     segmentation: dict[str, Any] | None = None,
     fingerprint: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON report of one study (plain types only; NaN becomes null when written).
 
@@ -72,6 +75,7 @@ def build_report(
     ``{"name": "a+b+...", "ensemble": "vote"|"mean", "members": [{"name", "sha256"}, ...]}``.
     ``segmentation``: how the masks were made (crop, clean-up, where stage 1 found the heart).
     ``fingerprint``: every setting the result depends on (``cardioseg.batch.fingerprint``).
+    ``extra``: measurements that are not single numbers (regional wall thickness), after ``measures``.
     """
     return {
         "study": study,
@@ -81,6 +85,7 @@ def build_report(
         "ed_frame": ed_frame,
         "es_frame": es_frame,
         **measures,
+        **(extra or {}),
         "frames": [
             {"frame": t, "lv_ml": v.lv_ml, "rv_ml": v.rv_ml, "myo_ml": v.myo_ml} for t, v in enumerate(frame_volumes)
         ],

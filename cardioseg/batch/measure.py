@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cardioseg.batch.studies import Study, StudyKind, StudyOptions
-from cardioseg.clinical import FrameVolumes, clinical_measures, detect_ed_es, frame_volumes
+from cardioseg.clinical import FrameVolumes, cine_rates, clinical_measures, detect_ed_es, frame_volumes
 from cardioseg.errors import ConfigError, QcError
 from cardioseg.io import Volume
 from cardioseg.qc import Flag, QcLimits, study_flags
@@ -29,6 +29,8 @@ class Measurements:
     flags: list[Flag]
     height_cm: float | None
     weight_kg: float | None
+    warnings: list[str] = field(default_factory=list)  # what could not be measured, and why
+    regional: dict[str, Any] = field(default_factory=dict)  # report keys that are not single numbers
 
 
 def measure_study(
@@ -53,6 +55,9 @@ def measure_study(
         }  # fmt: skip
     else:
         measures = clinical_measures(per_frame[ed_i], per_frame[es_i], options.myo_density_g_ml, height, weight)
+    warnings: list[str] = []
+    if study.kind is StudyKind.CINE and ed_i is not None and es_i is not None:
+        measures.update(_rates(per_frame, ed_i, es_i, volumes[0], warnings))
     flags = study_flags(
         masks, volumes, per_frame, ed_i, es_i, measures, label_map, study.kind, ed_es_overridden=overridden
     )
@@ -63,7 +68,17 @@ def measure_study(
                           "grid, so the whole field of view was segmented: check the masks."))  # fmt: skip
     if options.strict and flags:
         raise QcError("quality control (--strict): " + " ".join(f.message for f in flags))
-    return Measurements(per_frame, ed_i, es_i, measures, flags, height, weight)
+    return Measurements(per_frame, ed_i, es_i, measures, flags, height, weight, warnings)
+
+
+def _rates(per_frame: list[FrameVolumes], ed: int, es: int, cine: Volume, warnings: list[str]) -> dict[str, float | None]:
+    """The cine's LV ejection and filling rates, or a warning saying why they are left out."""
+    interval = cine.meta.frame_interval_ms
+    if interval is None:
+        why = cine.meta.frame_interval_problem or "the input gives no frame interval"
+        warnings.append(f"peak ejection and filling rates left out: {why}")
+        return {}
+    return cine_rates([v.lv_ml for v in per_frame], ed, es, interval)
 
 
 def _choose_ed_es(

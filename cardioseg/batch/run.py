@@ -92,9 +92,10 @@ def study_report(
             "spacing_mm": [list(v.spacing_mm) for v in volumes],
         },
         subject={"height_cm": m.height_cm, "weight_kg": m.weight_kg, "group": study.group},
-        warnings=[w for v in volumes for w in v.meta.warnings],
+        warnings=[w for v in volumes for w in v.meta.warnings] + m.warnings,
         segmentation=segmentation_report(predictor, localisation, agreement),
         fingerprint=options.fingerprint,
+        extra=m.regional,
     )
 
 

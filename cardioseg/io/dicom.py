@@ -225,8 +225,11 @@ def _assemble(headers: list[DicomHeader], label: str) -> _Stack:
     lps[:3, 1] = col * dy
     lps[:3, 2] = normal * dz
     lps[:3, 3] = g.grid[0][0].position
+    interval, problem = trigger_interval_ms([h.trigger_time for h in g.grid[0]])
     meta = VolumeMeta(
         source="dicom",
+        frame_interval_ms=interval,
+        frame_interval_problem=problem,
         series_uid=ref.series_uid,
         series_description=ref.description,
         slice_positions_mm=tuple(kept_positions),
@@ -241,6 +244,23 @@ def _assemble(headers: list[DicomHeader], label: str) -> _Stack:
         n_files_used=sum(len(images) for images in g.grid),
     )
     return _Stack(grid=g.grid, affine=LPS_TO_RAS @ lps, meta=meta)
+
+
+def trigger_interval_ms(times: Sequence[float | None]) -> tuple[float | None, str | None]:
+    """The frame interval of a cine from its phases' trigger times (the median step, ms), or
+    (None, why) for a single phase, missing times or times that do not increase.
+
+    >>> trigger_interval_ms([0.0, 40.0, 80.5, 120.0])
+    (40.0, None)
+    """
+    if len(times) < 2:
+        return None, None
+    if any(t is None for t in times):
+        return None, "some DICOM phases have no TriggerTime"
+    steps = np.diff(np.asarray(times, dtype=np.float64))
+    if not np.all(steps > 0):
+        return None, "the DICOM TriggerTimes do not increase from phase to phase"
+    return float(np.median(steps)), None
 
 
 def _fmt_counts(counts: Sequence[int]) -> str:

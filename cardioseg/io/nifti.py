@@ -161,9 +161,27 @@ def _read_nifti(path: Path, max_voxels: int | None) -> Volume:
         raise UnsupportedInputError(
             f'File "{path}" has a header that cannot be written back to its masks ({describe_error(exc)})'
         ) from exc
-    meta = VolumeMeta(source="nifti", warnings=tuple(warnings))
+    interval, problem = nifti_frame_interval_ms(img.header) if len(shape) == 4 else (None, None)
+    meta = VolumeMeta(source="nifti", warnings=tuple(warnings), frame_interval_ms=interval, frame_interval_problem=problem)
     volume = Volume(data=data, affine=affine, path=path, header=img.header, meta=meta)
     return check_voxels(volume)
+
+
+#: NIfTI time units (``xyzt_units``) -> milliseconds per unit
+_TIME_UNIT_MS = {"sec": 1000.0, "msec": 1.0, "usec": 1e-3}
+
+
+def nifti_frame_interval_ms(hdr: Any) -> tuple[float | None, str | None]:
+    """A 4D NIfTI's frame interval in ms from ``pixdim[4]`` and the time unit of ``xyzt_units``,
+    or (None, why) when the unit is not a time or the value is not a positive number (ACDC's
+    cines carry a placeholder 1 with no unit)."""
+    unit = str(hdr.get_xyzt_units()[1])
+    value = float(hdr["pixdim"][4])
+    if unit not in _TIME_UNIT_MS:
+        return None, f"the NIfTI header gives no time unit (pixdim[4] = {value:g}, unit {unit!r})"
+    if not math.isfinite(value) or value <= 0:
+        return None, f"the NIfTI header's frame interval pixdim[4] = {value:g} {unit} is not a positive number"
+    return value * _TIME_UNIT_MS[unit], None
 
 
 def _check_header(path: Path, hdr: Any, shape: tuple[int, ...]) -> list[str]:

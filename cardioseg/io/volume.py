@@ -18,6 +18,7 @@ from cardioseg.io.layouts import strip_image_suffix
 
 __all__ = [
     "DEFAULT_MAX_VOXELS",
+    "LABEL_MAP_WARNING",
     "Volume",
     "VolumeMeta",
     "check_voxel_count",
@@ -47,6 +48,8 @@ class VolumeMeta:
     image_orientation_patient: tuple[float, ...] | None = None  # DICOM row and column directions (LPS)
     n_files: int | None = None  # files of the DICOM series
     n_files_used: int | None = None  # of those, the files in the array (duplicates, dropped slices left out)
+    frame_interval_ms: float | None = None  # time between cine frames (NIfTI pixdim[4] with its unit; DICOM TriggerTime)
+    frame_interval_problem: str | None = None  # why a cine's frame interval is unknown
 
     def with_warnings(self, *warnings: str) -> VolumeMeta:
         """A copy with ``warnings`` appended."""
@@ -138,6 +141,9 @@ def check_voxel_count(shape: tuple[int, ...], limit: int | None, what: str) -> N
 
 # ---------------------------------------------------------------------------- content checks
 
+LABEL_MAP_WARNING = "is it a label map rather than an MR image?"
+"""The end of the warning for an image that holds a few small integers only (``measure`` expects it)."""
+
 
 def check_voxels(volume: Volume) -> Volume:
     """Refuse NaN/Inf voxels; return ``volume`` with warnings (``meta.warnings``) about inputs
@@ -161,7 +167,7 @@ def check_voxels(volume: Volume) -> Volume:
         if values.size <= 8 and np.all(values == np.round(values)) and values.min() >= 0:
             warnings.append(
                 f"the image holds only the values {', '.join(str(int(v)) for v in values)}: "
-                "is it a label map rather than an MR image?"
+                + LABEL_MAP_WARNING
             )
     spacing = sorted(volume.spacing_mm)
     if spacing[2] < 1.5 * spacing[1]:
