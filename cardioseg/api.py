@@ -137,7 +137,7 @@ def predict(
     ``weights``/``predictor``/``threads``: as :func:`load_predictor`; ``options``: the fields of
     :class:`cardioseg.inference.PredictOptions` and of :class:`cardioseg.batch.StudyOptions`
     (``myo_density_g_ml``, ``ed_frame``, ``es_frame``, ``height_cm``, ``weight_kg``,
-    ``max_voxels``, ``strict``, ``overlay``, ``series_uid``). ``skip_existing``: skip studies a
+    ``max_voxels``, ``strict``, ``overlay``, ``html``, ``series_uid``). ``skip_existing``: skip studies a
     previous run finished (default: for batches); ``num_parts``/``part_id``: run one part of the
     batch (default: from a Slurm job array).
 
@@ -191,7 +191,7 @@ def predict(
                               else "cannot run: " + s.problem if s.problem else "run")
             for s in mine
         ]  # fmt: skip
-    created = batch.prepare_out_dir(out, mine)
+    created = batch.prepare_out_dir(out, mine, study_options.html)
     try:
         batch.clean_stale_temps(out, mine)
         if on_note is not None and n_parts > 1:
@@ -203,7 +203,7 @@ def predict(
             reasons = sorted({r for rs in changed.values() for r in rs})
             on_note(f"{len(changed)} recomputed: {', '.join(reasons)}")
         if not todo:
-            batch.refresh_summary(out)
+            batch.refresh_summary(out, study_options.html)
             return done
         if predictor is None:
             predictor = load_predictor(weights, threads, **predict_opts)
@@ -274,6 +274,7 @@ def measure(
     weight_kg: float | None = None,
     strict: bool = False,
     overlay: bool = False,
+    html: bool = False,
     on_result: Callable[[StudyResult], Any] | None = None,
     on_note: Callable[[str], Any] | None = None,
 ) -> list[StudyResult]:
@@ -286,7 +287,8 @@ def measure(
     folders of masks; ``ed``/``es``: one ED/ES pair of 3D masks. ``labels``: the masks'
     label preset (``acdc``, ``mnms``, ``ukbb``; None: the label map cardioseg's reports beside
     them record, else ACDC). ``overlay``: a bullseye PNG of the regional wall thickness per
-    study (needs matplotlib). Failed studies are in the results (``error``), not raised.
+    study (needs matplotlib); ``html``: also ``report.html``, one page over the folder's reports.
+    Failed studies are in the results (``error``), not raised.
     """
     from cardioseg.batch import StudyOptions
     from cardioseg.batch.masks import MeasureOptions, plan_mask_studies, run_measure
@@ -305,7 +307,7 @@ def measure(
     studies = plan_mask_studies(paths, _path(ed), _path(es), study)
     options = MeasureOptions(label_map, StudyOptions(
         myo_density_g_ml=myo_density_g_ml, ed_frame=ed_frame, es_frame=es_frame, height_cm=height_cm,
-        weight_kg=weight_kg, strict=strict, overlay=overlay))  # fmt: skip
+        weight_kg=weight_kg, strict=strict, overlay=overlay, html=html))  # fmt: skip
     return run_measure(studies, Path(out_dir), options, on_result=on_result)
 
 

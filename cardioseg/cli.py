@@ -98,6 +98,7 @@ def predict(
     series_uid: Annotated[str | None, typer.Option("--series-uid", help="SeriesInstanceUID to read from a DICOM folder that holds several series (the error lists them).")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Treat any quality-control flag as an error: the study gets exit code 1 and no outputs.")] = False,
     overlay: Annotated[bool, typer.Option("--overlay", help="Also write DIR/<study>_overlay.png: every ED/ES slice with the mask contours, and the volume curve of a cine (needs matplotlib: pip install 'cardioseg\\[plots]').")] = False,
+    html: Annotated[bool, typer.Option("--html", help="Also keep DIR/report.html: one page over every study in DIR (table with flagged studies first, overlays, volume curves, links), rebuilt like summary.csv; opens offline.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (studies, their inputs and outputs, what would be skipped or recomputed and why) and exit; nothing is read, loaded or written.")] = False,
     skip_existing: Annotated[bool | None, typer.Option("--skip-existing/--overwrite", help="Skip studies an earlier run finished (all outputs there; the report is written last) or recompute them (default: skip for a batch of several studies or parts, overwrite for one study).", show_default=False)] = None,
     num_parts: Annotated[int | None, typer.Option("--num-parts", min=1, metavar="N", help="Split the studies into N parts (every N-th study in name order) and run one of them (default: $SLURM_ARRAY_TASK_COUNT, else 1).", show_default=False)] = None,
@@ -126,7 +127,7 @@ def predict(
                 ensemble=ensemble.value, device=device, precision=precision, batch_size=batch_size,
                 postprocess=not no_postprocess, clean_up=clean_up, crop_px=crop_px, tta=tta, compile=compile_model, batch_studies=batch_studies,
                 myo_density_g_ml=myo_density, ed_frame=ed_frame, es_frame=es_frame, height_cm=height_cm,
-                weight_kg=weight_kg, max_voxels=max_voxels, strict=strict, overlay=overlay, series_uid=series_uid,
+                weight_kg=weight_kg, max_voxels=max_voxels, strict=strict, overlay=overlay, html=html, series_uid=series_uid,
             )  # fmt: skip
     except CardiosegError as exc:
         raise _fail(str(exc)) from None
@@ -171,6 +172,7 @@ def measure(
     weight_kg: Annotated[float | None, typer.Option("--weight-kg", help="Weight for BSA indexing (overrides Info.cfg).")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Treat any quality-control flag as an error: the study gets exit code 1 and no report.")] = False,
     overlay: Annotated[bool, typer.Option("--overlay", help="Also write DIR/<study>_bullseye.png: the AHA wall thickness (needs matplotlib).")] = False,
+    html: Annotated[bool, typer.Option("--html", help="Also keep DIR/report.html: one page over every study in DIR, rebuilt like summary.csv.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No notes or table.")] = False,
     debug: Debug = False,
 ) -> None:
@@ -185,7 +187,7 @@ def measure(
         results = run(
             inputs or [], out, ed=ed, es=es, study=study, labels=labels, myo_density_g_ml=myo_density,
             ed_frame=ed_frame, es_frame=es_frame, height_cm=height_cm, weight_kg=weight_kg, strict=strict,
-            overlay=overlay, on_note=None if quiet else console.note,
+            overlay=overlay, html=html, on_note=None if quiet else console.note,
         )  # fmt: skip
     except CardiosegError as exc:
         raise _fail(str(exc)) from None

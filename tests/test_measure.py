@@ -209,3 +209,15 @@ def test_measure_never_imports_torch(tmp_path, small_phantom):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False" and (tmp_path / "out" / "m_report.json").is_file()
+
+
+def test_html_page_beside_the_summary(tmp_path, small_phantom):
+    p = small_phantom
+    for name, t in (("a_seg", 0), ("b_seg", 4)):
+        save_nifti(tmp_path / "in" / f"{name}.nii.gz", p.labels[..., t], p.affine)
+    out = tmp_path / "out"
+    assert measure(tmp_path / "in", "-o", out, "-q").exit_code == 0
+    assert not (out / "report.html").exists()  # only when asked for
+    assert measure(tmp_path / "in", "-o", out, "-q", "--html").exit_code == 0
+    page = (out / "report.html").read_text()
+    assert 'href="./a_report.json"' in page and 'href="./b_report.json"' in page

@@ -269,7 +269,7 @@ def run_measure(
         if on_result is not None:
             on_result(result)
     if any(r.report for r in results):
-        refresh_summary(out_dir)
+        refresh_summary(out_dir, options.study.html)
     return results
 
 

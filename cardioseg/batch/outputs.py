@@ -30,6 +30,7 @@ MASK_SUFFIX = "_seg.nii.gz"
 REPORT_SUFFIX = "_report.json"
 OVERLAY_SUFFIX = "_overlay.png"
 SUMMARY_NAME = "summary.csv"
+HTML_NAME = "report.html"
 
 
 def mask_path(out_dir: Path, image: Path) -> Path:
@@ -119,7 +120,7 @@ def clean_stale_temps(out_dir: Path, studies: list[Study]) -> int:
     return removed
 
 
-def prepare_out_dir(out_dir: Path, studies: list[Study]) -> bool:
+def prepare_out_dir(out_dir: Path, studies: list[Study], html: bool = False) -> bool:
     """Check that ``out_dir`` can take the outputs without touching any input; create it.
 
     Returns whether the folder was created by this call (so a run that writes nothing can
@@ -132,7 +133,7 @@ def prepare_out_dir(out_dir: Path, studies: list[Study]) -> bool:
     # an output can only be an input if it exists already: compare only those (one listing)
     present = set(os.listdir(out_dir)) if out_dir.is_dir() else set()
     for study in studies:
-        for path in [*output_paths(study, out_dir), out_dir / SUMMARY_NAME]:
+        for path in [*output_paths(study, out_dir), out_dir / SUMMARY_NAME, *([out_dir / HTML_NAME] if html else [])]:
             if path.name in present and path.resolve() in inputs:
                 raise ConfigError(f'output "{path}" would overwrite an input; choose another -o folder')
     created = not out_dir.exists()
@@ -204,9 +205,15 @@ def write_summary(folder: Path, max_rounds: int = 10, stale_temp_s: float = 3600
     return path
 
 
-def refresh_summary(out_dir: Path) -> Path | None:
-    """Regenerate ``out_dir/summary.csv`` from the reports there (see ``write_summary``)."""
+def refresh_summary(out_dir: Path, html: bool = False) -> Path | None:
+    """Regenerate ``out_dir/summary.csv`` from the reports there (see ``write_summary``) and,
+    with ``html``, ``report.html`` (``cardioseg.html_report``) when there is a summary."""
     try:
-        return write_summary(out_dir)
+        path = write_summary(out_dir)
     except OSError as exc:
         raise CardiosegError(f'could not write "{out_dir / SUMMARY_NAME}": {exc.strerror or exc}') from None
+    if html and path is not None:
+        from cardioseg.html_report import refresh_html_report
+
+        refresh_html_report(out_dir)
+    return path

@@ -301,7 +301,7 @@ def run_predict(
         interrupted = True
     finally:
         reads.close()
-        refresh_summary(out_dir)  # also after Ctrl-C: the summary of what is finished
+        refresh_summary(out_dir, options.html)  # also after Ctrl-C: the summary of what is finished
     if interrupted:
         raise BatchInterrupted(sum(1 for r in results if not r.error), len(studies))
     return results

@@ -58,6 +58,7 @@ class StudyOptions:
     max_voxels: int | None = None  # None: io.max_voxels_default()
     strict: bool = False  # a QC flag makes the study an error (nothing written for it)
     overlay: bool = False  # also write DIR/<study>_overlay.png (needs matplotlib)
+    html: bool = False  # also keep DIR/report.html, rebuilt like summary.csv (not a result setting)
     series_uid: str | None = None  # which series of a DICOM folder holding several
     fingerprint: dict[str, Any] | None = None  # set by api.predict (batch.fingerprint): stored in reports, checked on resume
 

@@ -299,3 +299,16 @@ def test_progress_counts_frames_a_cine_weighs_its_time_axis(tmp_path, frames, sm
     cardioseg.predict([cine, frames / "a.nii.gz"], tmp_path / "out", weights=tiny_weights_path, device="cpu",
                       precision="fp32", on_plan=planned.append)  # fmt: skip
     assert planned == [{"cine": n, "a": 1}]
+
+
+def test_html_report_is_kept_like_the_summary(tmp_path, frames, tiny_weights_path):
+    out = tmp_path / "out"
+    base = ["predict", str(frames / "a.nii.gz"), str(frames / "b.nii.gz"), "-o", str(out), "-w", str(tiny_weights_path), *FAST]
+    assert runner.invoke(app, [*base, "--html"]).exit_code == 0
+    page = (out / "report.html").read_text()
+    assert page.count('href="./a_report.json"') == 1 and 'href="./c_report.json"' not in page
+    # a second run (another part, say) adds its study: the page covers the folder, as summary.csv does
+    more = ["predict", str(frames / "c.nii.gz"), "-o", str(out), "-w", str(tiny_weights_path), *FAST, "--html"]
+    assert runner.invoke(app, more).exit_code == 0
+    assert 'href="./c_report.json"' in (out / "report.html").read_text()
+    assert summary_studies(out) == ["a", "b", "c"]
