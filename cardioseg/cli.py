@@ -35,6 +35,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 
@@ -44,7 +45,7 @@ class EnsembleMode(str, Enum):
 
 
 # --debug: predict prints its studies' tracebacks; for the command itself ``main`` reads it from sys.argv
-Debug = Annotated[bool, typer.Option("--debug", help="Show the traceback of an unexpected error (a bug) instead of one line.")]
+Debug = Annotated[bool, typer.Option("--debug", metavar="", help="Show the traceback of an unexpected error (a bug) instead of one line.")]
 
 
 def _fail(message: str) -> typer.Exit:
@@ -73,37 +74,37 @@ def predict(
         list[Path] | None,
         typer.Argument(help="NIfTI 3D frames or 4D cines, DICOM series folders, ACDC-style patient folders (with Info.cfg), folders of those (expanded one level), or quoted glob patterns such as \"data/**/*_4d.nii.gz\".", show_default=False),
     ] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (created if needed).")] = Path("cardioseg_out"),
-    ed: Annotated[Path | None, typer.Option("--ed", help="End-diastolic 3D frame of a study (with --es).")] = None,
-    es: Annotated[Path | None, typer.Option("--es", help="End-systolic 3D frame of a study (with --ed).")] = None,
-    study: Annotated[str | None, typer.Option("--study", help="Name of the --ed/--es study (default: their common stem).")] = None,
-    weights: Annotated[list[str] | None, typer.Option("--weights", "-w", metavar="NAME|PATH", help="Registered weights name or a checkpoint path; repeat it for an ensemble.")] = None,
-    ensemble: Annotated[EnsembleMode, typer.Option("--ensemble", help="With several --weights: vote (per-voxel majority) | mean (mean probabilities).")] = EnsembleMode.vote,
-    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N")] = "auto",
-    precision: Annotated[str, typer.Option("--precision", help="auto (bf16 where the hardware has it) | bf16 | fp32")] = "auto",
-    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="2D slices per forward pass (default: 16 on a CPU, 256 on a GPU).", show_default=False)] = None,
-    batch_studies: Annotated[bool | None, typer.Option("--batch-studies/--no-batch-studies", help="In a batch, segment the slices of several studies in one forward pass (default: on a GPU only).", show_default=False)] = None,
-    compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the network: a slow first batch, then faster on a GPU (needs a C++ compiler on a CPU).")] = False,
-    threads: Annotated[int, typer.Option("--threads", min=0, help="CPU threads for the network (0: $OMP_NUM_THREADS, else $SLURM_CPUS_PER_TASK, else the physical cores this process may use).")] = 0,
-    ed_frame: Annotated[int | None, typer.Option("--ed-frame", min=0, help="0-based ED frame of a 4D cine (default: largest LV volume).")] = None,
-    es_frame: Annotated[int | None, typer.Option("--es-frame", min=0, help="0-based ES frame of a 4D cine (default: smallest LV volume).")] = None,
-    myo_density: Annotated[float, typer.Option("--myo-density", help="Myocardial density in g/mL for LV mass.")] = 1.05,
-    height_cm: Annotated[float | None, typer.Option("--height-cm", help="Height for BSA indexing (overrides Info.cfg).")] = None,
-    weight_kg: Annotated[float | None, typer.Option("--weight-kg", help="Weight for BSA indexing (overrides Info.cfg).")] = None,
-    no_postprocess: Annotated[bool, typer.Option("--no-postprocess", help="Skip the clean-up of the masks.")] = False,
-    clean_up: Annotated[str, typer.Option("--clean-up", help="How the masks are cleaned up: " + "; ".join(f"{k}: {v}" for k, v in CLEAN_UPS.items()) + ".")] = DEFAULT_CLEAN_UP,
-    tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="Test-time augmentation: average the probabilities of the in-plane rotations by 0, 90, 180 and 270 degrees (4x the network's time; default: what the weights recommend).", show_default=False)] = None,
-    crop_px: Annotated[int | None, typer.Option("--crop-px", min=0, help="Two stages: locate the heart on a coarse grid, then segment a crop of this many model pixels around it (a multiple of 16; 0: the whole field of view in one stage; default: what the weights recommend).", show_default=False)] = DEFAULT_CROP_PX,
-    max_voxels: Annotated[int | None, typer.Option("--max-voxels", min=1, help="Refuse images with more voxels (X*Y*Z*T) than this, before reading them (default: $CARDIOSEG_MAX_VOXELS or 536870912).")] = None,
-    series_uid: Annotated[str | None, typer.Option("--series-uid", help="SeriesInstanceUID to read from a DICOM folder that holds several series (the error lists them).")] = None,
-    strict: Annotated[bool, typer.Option("--strict", help="Treat any quality-control flag as an error: the study gets exit code 1 and no outputs.")] = False,
-    overlay: Annotated[bool, typer.Option("--overlay", help="Also write DIR/<study>_overlay.png: every ED/ES slice with the mask contours, and the volume curve of a cine (needs matplotlib: pip install 'cardioseg\\[plots]').")] = False,
-    html: Annotated[bool, typer.Option("--html", help="Also keep DIR/report.html: one page over every study in DIR (table with flagged studies first, overlays, volume curves, links), rebuilt like summary.csv; opens offline.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (studies, their inputs and outputs, what would be skipped or recomputed and why) and exit; nothing is read, loaded or written.")] = False,
-    skip_existing: Annotated[bool | None, typer.Option("--skip-existing/--overwrite", help="Skip studies an earlier run finished (all outputs there; the report is written last) or recompute them (default: skip for a batch of several studies or parts, overwrite for one study).", show_default=False)] = None,
-    num_parts: Annotated[int | None, typer.Option("--num-parts", min=1, metavar="N", help="Split the studies into N parts (every N-th study in name order) and run one of them (default: $SLURM_ARRAY_TASK_COUNT, else 1).", show_default=False)] = None,
-    part_id: Annotated[int | None, typer.Option("--part-id", min=0, metavar="I", help="Which part to run, 0..N-1 (default: $SLURM_ARRAY_TASK_ID - $SLURM_ARRAY_TASK_MIN).", show_default=False)] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, notes or table.")] = False,
+    out: Annotated[Path, typer.Option("--out", "-o", rich_help_panel="Output", help="Output folder (created if needed).")] = Path("cardioseg_out"),
+    ed: Annotated[Path | None, typer.Option("--ed", rich_help_panel="Input", help="End-diastolic 3D frame of a study (with --es).")] = None,
+    es: Annotated[Path | None, typer.Option("--es", rich_help_panel="Input", help="End-systolic 3D frame of a study (with --ed).")] = None,
+    study: Annotated[str | None, typer.Option("--study", rich_help_panel="Input", help="Name of the --ed/--es study (default: their common stem).")] = None,
+    weights: Annotated[list[str] | None, typer.Option("--weights", "-w", metavar="NAME|PATH", rich_help_panel="Model and hardware", help="Registered weights name or a checkpoint path; repeat it for an ensemble.")] = None,
+    ensemble: Annotated[EnsembleMode, typer.Option("--ensemble", rich_help_panel="Model and hardware", help="With several --weights: vote (per-voxel majority) | mean (mean probabilities).")] = EnsembleMode.vote,
+    device: Annotated[str, typer.Option("--device", rich_help_panel="Model and hardware", help="auto | cpu | cuda | cuda:N")] = "auto",
+    precision: Annotated[str, typer.Option("--precision", rich_help_panel="Model and hardware", help="auto (bf16 where the hardware has it) | bf16 | fp32")] = "auto",
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, rich_help_panel="Model and hardware", help="2D slices per forward pass (default: 16 on a CPU, 256 on a GPU).", show_default=False)] = None,
+    batch_studies: Annotated[bool | None, typer.Option("--batch-studies/--no-batch-studies", metavar="", rich_help_panel="Model and hardware", help="In a batch, segment the slices of several studies in one forward pass (default: on a GPU only).", show_default=False)] = None,
+    compile_model: Annotated[bool, typer.Option("--compile", metavar="", rich_help_panel="Model and hardware", help="torch.compile the network: a slow first batch, then faster on a GPU (needs a C++ compiler on a CPU).")] = False,
+    threads: Annotated[int, typer.Option("--threads", min=0, rich_help_panel="Model and hardware", help="CPU threads for the network (0: $OMP_NUM_THREADS, else $SLURM_CPUS_PER_TASK, else the physical cores this process may use).")] = 0,
+    ed_frame: Annotated[int | None, typer.Option("--ed-frame", min=0, rich_help_panel="Input", help="0-based ED frame of a 4D cine (default: largest LV volume).")] = None,
+    es_frame: Annotated[int | None, typer.Option("--es-frame", min=0, rich_help_panel="Input", help="0-based ES frame of a 4D cine (default: smallest LV volume).")] = None,
+    myo_density: Annotated[float, typer.Option("--myo-density", rich_help_panel="Clinical", help="Myocardial density in g/mL for LV mass.")] = 1.05,
+    height_cm: Annotated[float | None, typer.Option("--height-cm", rich_help_panel="Clinical", help="Height for BSA indexing (overrides Info.cfg).")] = None,
+    weight_kg: Annotated[float | None, typer.Option("--weight-kg", rich_help_panel="Clinical", help="Weight for BSA indexing (overrides Info.cfg).")] = None,
+    no_postprocess: Annotated[bool, typer.Option("--no-postprocess", metavar="", rich_help_panel="Model and hardware", help="Skip the clean-up of the masks.")] = False,
+    clean_up: Annotated[str, typer.Option("--clean-up", rich_help_panel="Model and hardware", help="How the masks are cleaned up: " + "; ".join(f"{k}: {v}" for k, v in CLEAN_UPS.items()) + ".")] = DEFAULT_CLEAN_UP,
+    tta: Annotated[bool | None, typer.Option("--tta/--no-tta", metavar="", rich_help_panel="Model and hardware", help="Test-time augmentation: average the probabilities of the in-plane rotations by 0, 90, 180 and 270 degrees (4x the network's time; default: what the weights recommend).", show_default=False)] = None,
+    crop_px: Annotated[int | None, typer.Option("--crop-px", min=0, rich_help_panel="Model and hardware", help="Two stages: locate the heart on a coarse grid, then segment a crop of this many model pixels around it (a multiple of 16; 0: the whole field of view in one stage; default: what the weights recommend).", show_default=False)] = DEFAULT_CROP_PX,
+    max_voxels: Annotated[int | None, typer.Option("--max-voxels", min=1, rich_help_panel="Input", help="Refuse images with more voxels (X*Y*Z*T) than this, before reading them (default: $CARDIOSEG_MAX_VOXELS or 536870912).")] = None,
+    series_uid: Annotated[str | None, typer.Option("--series-uid", rich_help_panel="Input", help="SeriesInstanceUID to read from a DICOM folder that holds several series (the error lists them).")] = None,
+    strict: Annotated[bool, typer.Option("--strict", metavar="", rich_help_panel="Quality control", help="Treat any quality-control flag as an error: the study gets exit code 1 and no outputs.")] = False,
+    overlay: Annotated[bool, typer.Option("--overlay", metavar="", rich_help_panel="Output", help="Also write DIR/<study>_overlay.png: every ED/ES slice with the mask contours, and the volume curve of a cine (needs matplotlib: pip install 'cardioseg\\[plots]').")] = False,
+    html: Annotated[bool, typer.Option("--html", metavar="", rich_help_panel="Output", help="Also keep DIR/report.html: one page over every study in DIR (table with flagged studies first, overlays, volume curves, links), rebuilt like summary.csv; opens offline.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", metavar="", rich_help_panel="Output", help="Print the plan (studies, their inputs and outputs, what would be skipped or recomputed and why) and exit; nothing is read, loaded or written.")] = False,
+    skip_existing: Annotated[bool | None, typer.Option("--skip-existing/--overwrite", metavar="", rich_help_panel="Batch and cluster", help="Skip studies an earlier run finished (all outputs there; the report is written last) or recompute them (default: skip for a batch of several studies or parts, overwrite for one study).", show_default=False)] = None,
+    num_parts: Annotated[int | None, typer.Option("--num-parts", min=1, metavar="N", rich_help_panel="Batch and cluster", help="Split the studies into N parts (every N-th study in name order) and run one of them (default: $SLURM_ARRAY_TASK_COUNT, else 1).", show_default=False)] = None,
+    part_id: Annotated[int | None, typer.Option("--part-id", min=0, metavar="I", rich_help_panel="Batch and cluster", help="Which part to run, 0..N-1 (default: $SLURM_ARRAY_TASK_ID - $SLURM_ARRAY_TASK_MIN).", show_default=False)] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", metavar="", rich_help_panel="Output", help="No progress bar, notes or table.")] = False,
     debug: Debug = False,
 ) -> None:
     """Segment images and write DIR/X_seg.nii.gz, DIR/X_report.json and DIR/summary.csv.
@@ -160,20 +161,20 @@ def measure(
         list[Path] | None,
         typer.Argument(help="Label masks (3D, or 4D for a cine; NIfTI), ACDC patient folders (the masks of the ED/ES frames Info.cfg names: _gt, else _seg), cardioseg predict output folders (one study per report), folders of masks (X_ED/X_ES masks pair up), or quoted glob patterns.", show_default=False),
     ] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for the reports and summary.csv (created if needed).")] = Path("cardioseg_measure"),
-    ed: Annotated[Path | None, typer.Option("--ed", help="End-diastolic 3D mask of a study (with --es).")] = None,
-    es: Annotated[Path | None, typer.Option("--es", help="End-systolic 3D mask of a study (with --ed).")] = None,
-    study: Annotated[str | None, typer.Option("--study", help="Name of the --ed/--es study (default: their common stem).")] = None,
-    labels: Annotated[str | None, typer.Option("--labels", help="Label preset of the masks: acdc | mnms | ukbb (default: the label map in cardioseg's reports beside them, else acdc).", show_default=False)] = None,
-    ed_frame: Annotated[int | None, typer.Option("--ed-frame", min=0, help="0-based ED frame of a 4D mask (default: largest LV volume).")] = None,
-    es_frame: Annotated[int | None, typer.Option("--es-frame", min=0, help="0-based ES frame of a 4D mask (default: smallest LV volume).")] = None,
-    myo_density: Annotated[float, typer.Option("--myo-density", help="Myocardial density in g/mL for LV mass.")] = 1.05,
-    height_cm: Annotated[float | None, typer.Option("--height-cm", help="Height for BSA indexing (overrides Info.cfg).")] = None,
-    weight_kg: Annotated[float | None, typer.Option("--weight-kg", help="Weight for BSA indexing (overrides Info.cfg).")] = None,
-    strict: Annotated[bool, typer.Option("--strict", help="Treat any quality-control flag as an error: the study gets exit code 1 and no report.")] = False,
-    overlay: Annotated[bool, typer.Option("--overlay", help="Also write DIR/<study>_bullseye.png: the AHA wall thickness (needs matplotlib).")] = False,
-    html: Annotated[bool, typer.Option("--html", help="Also keep DIR/report.html: one page over every study in DIR, rebuilt like summary.csv.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No notes or table.")] = False,
+    out: Annotated[Path, typer.Option("--out", "-o", rich_help_panel="Output", help="Output folder for the reports and summary.csv (created if needed).")] = Path("cardioseg_measure"),
+    ed: Annotated[Path | None, typer.Option("--ed", rich_help_panel="Input", help="End-diastolic 3D mask of a study (with --es).")] = None,
+    es: Annotated[Path | None, typer.Option("--es", rich_help_panel="Input", help="End-systolic 3D mask of a study (with --ed).")] = None,
+    study: Annotated[str | None, typer.Option("--study", rich_help_panel="Input", help="Name of the --ed/--es study (default: their common stem).")] = None,
+    labels: Annotated[str | None, typer.Option("--labels", rich_help_panel="Input", help="Label preset of the masks: acdc | mnms | ukbb (default: the label map in cardioseg's reports beside them, else acdc).", show_default=False)] = None,
+    ed_frame: Annotated[int | None, typer.Option("--ed-frame", min=0, rich_help_panel="Input", help="0-based ED frame of a 4D mask (default: largest LV volume).")] = None,
+    es_frame: Annotated[int | None, typer.Option("--es-frame", min=0, rich_help_panel="Input", help="0-based ES frame of a 4D mask (default: smallest LV volume).")] = None,
+    myo_density: Annotated[float, typer.Option("--myo-density", rich_help_panel="Clinical", help="Myocardial density in g/mL for LV mass.")] = 1.05,
+    height_cm: Annotated[float | None, typer.Option("--height-cm", rich_help_panel="Clinical", help="Height for BSA indexing (overrides Info.cfg).")] = None,
+    weight_kg: Annotated[float | None, typer.Option("--weight-kg", rich_help_panel="Clinical", help="Weight for BSA indexing (overrides Info.cfg).")] = None,
+    strict: Annotated[bool, typer.Option("--strict", metavar="", rich_help_panel="Quality control", help="Treat any quality-control flag as an error: the study gets exit code 1 and no report.")] = False,
+    overlay: Annotated[bool, typer.Option("--overlay", metavar="", rich_help_panel="Output", help="Also write DIR/<study>_bullseye.png: the AHA wall thickness (needs matplotlib).")] = False,
+    html: Annotated[bool, typer.Option("--html", metavar="", rich_help_panel="Output", help="Also keep DIR/report.html: one page over every study in DIR, rebuilt like summary.csv.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", metavar="", rich_help_panel="Output", help="No notes or table.")] = False,
     debug: Debug = False,
 ) -> None:
     """The clinical report of existing label masks (cardioseg's, nnU-Net's, an expert's): the
@@ -205,6 +206,23 @@ def measure(
         raise typer.Exit(code=1)
 
 
+@app.command("weights")
+def list_weights() -> None:
+    """The shipped models: name, file, sha256, training data, license and cross-validation figures."""
+    from cardioseg.weights import describe_registered, weights_dir
+
+    try:
+        rows = describe_registered()
+    except CardiosegError as exc:
+        raise _fail(str(exc)) from None
+    if not rows:
+        raise _fail(f"no registered weights in {weights_dir()}")
+    for row in rows:
+        typer.echo(f"{row['name']}\n  file      {row['file']}\n  sha256    {row['sha256']}\n  training  {row['training']}"
+                   f"\n  license   {row['license']}\n  CV        {row['cv']}\n")  # fmt: skip
+    typer.echo("Use one with --weights NAME (or a checkpoint path); model cards: cardioseg/weights/README.md")
+
+
 @app.command()
 def preprocess(
     data: Annotated[Path, typer.Argument(help="ACDC root (patientNNN/ with Info.cfg) or a folder with images/ and labels/.")],
@@ -212,7 +230,7 @@ def preprocess(
     spacing_mm: Annotated[float, typer.Option("--spacing-mm", help="In-plane pixel size of the model grid.")] = 1.5625,
     fov_px: Annotated[int, typer.Option("--fov-px", min=32, help="Model grid size in pixels (square).")] = 256,
     truncation_px: Annotated[float, typer.Option("--truncation-px", help="T of the truncated signed distance maps.")] = 250.0,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress bar.")] = False,
     debug: Debug = False,
 ) -> None:
     """Resample, crop/pad and normalise labelled frames into a memory-mapped training cache
@@ -236,12 +254,12 @@ def train(
     cache: Annotated[Path, typer.Argument(help="Cache folder from cardioseg preprocess.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: checkpoints, log.csv, exported weights.")],
     fold: Annotated[int, typer.Option("--fold", min=0, help="Validation fold k of the 5 patient-level folds.")] = 0,
-    all_folds: Annotated[bool, typer.Option("--all-folds", help="Train every fold, one after the other, in OUT/foldK.")] = False,
-    all_patients: Annotated[bool, typer.Option("--all-patients", help="Train on every patient (the shipped model): no validation, the last epoch exported.")] = False,
+    all_folds: Annotated[bool, typer.Option("--all-folds", metavar="", help="Train every fold, one after the other, in OUT/foldK.")] = False,
+    all_patients: Annotated[bool, typer.Option("--all-patients", metavar="", help="Train on every patient (the shipped model): no validation, the last epoch exported.")] = False,
     arch: Annotated[str, typer.Option("--arch", help=f"{describe_choices(ARCHES)}.")] = "unet2d",
     context_slices: Annotated[int, typer.Option("--context-slices", min=1, help="2D networks: this many neighbouring slices of the frame (odd; edge slices replicated) as input channels, the centre one predicted (Qure.ai's multi-slice 2D U-Net).")] = 1,
-    paper: Annotated[bool, typer.Option("--paper", help=f"Start from the DMR paper's settings ({recipe_text(PAPER_RECIPE)}) instead of the shipped default's ({recipe_text(SHIPPED_RECIPE)}); options given still win.")] = False,
-    dmr: Annotated[bool | None, typer.Option("--dmr/--no-dmr", help="Add the distance-map regulariser (training only; default: on for 2D networks without --regularizer).", show_default=False)] = None,
+    paper: Annotated[bool, typer.Option("--paper", metavar="", help=f"Start from the DMR paper's settings ({recipe_text(PAPER_RECIPE)}) instead of the shipped default's ({recipe_text(SHIPPED_RECIPE)}); options given still win.")] = False,
+    dmr: Annotated[bool | None, typer.Option("--dmr/--no-dmr", metavar="", help="Add the distance-map regulariser (training only; default: on for 2D networks without --regularizer).", show_default=False)] = None,
     loss: Annotated[str | None, typer.Option("--loss", help=f"{describe_choices(LOSSES)} (default: dice_ce).", show_default=False)] = None,
     weighting: Annotated[str, typer.Option("--weighting", help=f"With --dmr: {describe_choices(WEIGHTINGS)}")] = "uncertainty",
     dm_weight: Annotated[float, typer.Option("--dm-weight", help="Fixed (or initial) weight of the distance-map loss.")] = 1.0,
@@ -261,9 +279,9 @@ def train(
     seed: Annotated[int, typer.Option("--seed")] = 0,
     threads: Annotated[int, typer.Option("--threads", min=0, help="Torch CPU threads (0: torch's default).")] = 0,
     name: Annotated[str, typer.Option("--name", help="Weights name (default e.g. dmr-unet2d-acdc-fold0, unet2d-ctx3-qure_hybrid-acdc-fold0).")] = "",
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in OUT from its last checkpoint.")] = False,
-    export_only: Annotated[bool, typer.Option("--export-only", help="Only export the best checkpoint of OUT.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", metavar="", help="Continue the run in OUT from its last checkpoint.")] = False,
+    export_only: Annotated[bool, typer.Option("--export-only", metavar="", help="Only export the best checkpoint of OUT.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress bar.")] = False,
     debug: Debug = False,
 ) -> None:
     """Train a segmentation network on a cache and export self-describing weights.
@@ -319,10 +337,10 @@ def evaluate(
     ref_suffix: Annotated[list[str] | None, typer.Option("--ref-suffix", help="Name suffix of reference files (repeatable; default: _gt, _seg, _label, none).")] = None,
     pairs: Annotated[Path | None, typer.Option("--pairs", help="CSV with columns study,ed,es[,group] naming the ED/ES cases of each study.")] = None,
     compare: Annotated[Path | None, typer.Option("--compare", help="A second method's predictions: adds paired Wilcoxon tests (compare.csv).")] = None,
-    plots: Annotated[bool, typer.Option("--plots", help="Bland-Altman and Dice box plots as PNG (needs matplotlib).")] = False,
+    plots: Annotated[bool, typer.Option("--plots", metavar="", help="Bland-Altman and Dice box plots as PNG (needs matplotlib).")] = False,
     myo_density: Annotated[float, typer.Option("--myo-density", help="Myocardial density in g/mL for LV mass.")] = 1.05,
-    no_regional: Annotated[bool, typer.Option("--no-regional", help="Skip apical/mid/basal Dice.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table.")] = False,
+    no_regional: Annotated[bool, typer.Option("--no-regional", metavar="", help="Skip apical/mid/basal Dice.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress bar or table.")] = False,
     debug: Debug = False,
 ) -> None:
     """Score masks against references: Dice, Jaccard, HD, HD95, ASSD, MSD per structure and

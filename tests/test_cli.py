@@ -60,6 +60,27 @@ def test_help():
         assert option in result.output
 
 
+def test_help_reads_in_panels_with_short_flag():
+    result = runner.invoke(app, ["predict", "-h"], env={"COLUMNS": "100"})
+    assert result.exit_code == 0
+    for panel in ("Input", "Output", "Model and hardware", "Clinical", "Batch and cluster", "Quality control"):
+        assert f"─ {panel} ─" in result.output, panel
+    flag_lines = [line for line in result.output.splitlines() if "--overlay" in line or "--strict" in line]
+    assert flag_lines and not any("<bool>" in line for line in flag_lines)
+    assert runner.invoke(app, ["measure", "-h"]).exit_code == 0
+
+
+def test_weights_lists_the_registered_models():
+    result = runner.invoke(app, ["weights"])
+    assert result.exit_code == 0, result.output
+    from cardioseg.weights import DEFAULT_WEIGHTS, registry
+
+    for name, entry in registry().items():
+        assert name in result.output and entry["sha256"] in result.output
+    assert f"{DEFAULT_WEIGHTS} (default)" in result.output and "CC BY-NC-SA 4.0" in result.output
+    assert "mean Dice" in result.output
+
+
 def test_version():
     from cardioseg import __version__
 

@@ -56,7 +56,8 @@ def weights_dir() -> Traversable:
 
 
 def registry() -> dict[str, dict[str, str]]:
-    """``{name: {"file": ..., "sha256": ...}}`` of the shipped weights."""
+    """``{name: {"file": ..., "sha256": ..., "cv": ...}}`` of the shipped weights (``cv``: what
+    cross-validation of the model's recipe measured, in one line)."""
     entry = weights_dir() / "registry.json"
     if not entry.is_file():
         return {}
@@ -255,3 +256,24 @@ def export_weights(
     with atomic_path(Path(path)) as tmp:
         torch.save(ckpt, tmp)
     return sha256_file(Path(path))
+
+
+def describe_registered() -> list[dict[str, str]]:
+    """One row per registered model, for ``cardioseg weights``: name, file, sha256, training
+    data, license and cross-validation figures (read from each checkpoint and the registry)."""
+    rows = []
+    for name, entry in registry().items():
+        row = {"name": name + (" (default)" if name == DEFAULT_WEIGHTS else ""), "file": entry["file"],
+               "sha256": entry["sha256"], "cv": entry.get("cv", "not cross-validated")}  # fmt: skip
+        try:
+            meta = load_weights(name).meta
+        except CardiosegError as exc:
+            row.update(training=f"cannot be loaded: {exc}", license="")
+        else:
+            training = meta.get("training") if isinstance(meta.get("training"), dict) else {}
+            data = str(training.get("data", "not recorded"))
+            if isinstance(training.get("train_patients"), list):
+                data += f"; trained on {len(training['train_patients'])} of them"
+            row.update(training=data, license=str(meta.get("license", "not recorded")))
+        rows.append(row)
+    return rows
