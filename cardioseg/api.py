@@ -137,7 +137,8 @@ def predict(
     ``weights``/``predictor``/``threads``: as :func:`load_predictor`; ``options``: the fields of
     :class:`cardioseg.inference.PredictOptions` and of :class:`cardioseg.batch.StudyOptions`
     (``myo_density_g_ml``, ``ed_frame``, ``es_frame``, ``height_cm``, ``weight_kg``,
-    ``max_voxels``, ``strict``, ``overlay``, ``html``, ``series_uid``). ``skip_existing``: skip studies a
+    ``max_voxels``, ``strict``, ``overlay``, ``html``, ``series_uid``, ``command``: the command
+    line for the reports' provenance). ``skip_existing``: skip studies a
     previous run finished (default: for batches); ``num_parts``/``part_id``: run one part of the
     batch (default: from a Slurm job array).
 
@@ -275,6 +276,7 @@ def measure(
     strict: bool = False,
     overlay: bool = False,
     html: bool = False,
+    command: str | None = None,
     on_result: Callable[[StudyResult], Any] | None = None,
     on_note: Callable[[str], Any] | None = None,
 ) -> list[StudyResult]:
@@ -287,7 +289,8 @@ def measure(
     folders of masks; ``ed``/``es``: one ED/ES pair of 3D masks. ``labels``: the masks'
     label preset (``acdc``, ``mnms``, ``ukbb``; None: the label map cardioseg's reports beside
     them record, else ACDC). ``overlay``: a bullseye PNG of the regional wall thickness per
-    study (needs matplotlib); ``html``: also ``report.html``, one page over the folder's reports.
+    study (needs matplotlib); ``html``: also ``report.html``, one page over the folder's reports;
+    ``command``: the command line recorded in the reports' provenance.
     Failed studies are in the results (``error``), not raised.
     """
     from cardioseg.batch import StudyOptions
@@ -307,7 +310,7 @@ def measure(
     studies = plan_mask_studies(paths, _path(ed), _path(es), study)
     options = MeasureOptions(label_map, StudyOptions(
         myo_density_g_ml=myo_density_g_ml, ed_frame=ed_frame, es_frame=es_frame, height_cm=height_cm,
-        weight_kg=weight_kg, strict=strict, overlay=overlay, html=html))  # fmt: skip
+        weight_kg=weight_kg, strict=strict, overlay=overlay, html=html, command=command))  # fmt: skip
     return run_measure(studies, Path(out_dir), options, on_result=on_result)
 
 

@@ -53,6 +53,13 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=1)
 
 
+def _command_line() -> str:
+    """The command line as typed (quoted where needed), for the reports' provenance."""
+    import shlex
+
+    return shlex.join(["cardioseg", *sys.argv[1:]])
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"cardioseg {__version__}")
@@ -128,7 +135,7 @@ def predict(
                 ensemble=ensemble.value, device=device, precision=precision, batch_size=batch_size,
                 postprocess=not no_postprocess, clean_up=clean_up, crop_px=crop_px, tta=tta, compile=compile_model, batch_studies=batch_studies,
                 myo_density_g_ml=myo_density, ed_frame=ed_frame, es_frame=es_frame, height_cm=height_cm,
-                weight_kg=weight_kg, max_voxels=max_voxels, strict=strict, overlay=overlay, html=html, series_uid=series_uid,
+                weight_kg=weight_kg, max_voxels=max_voxels, strict=strict, overlay=overlay, html=html, series_uid=series_uid, command=_command_line(),
             )  # fmt: skip
     except CardiosegError as exc:
         raise _fail(str(exc)) from None
@@ -188,7 +195,7 @@ def measure(
         results = run(
             inputs or [], out, ed=ed, es=es, study=study, labels=labels, myo_density_g_ml=myo_density,
             ed_frame=ed_frame, es_frame=es_frame, height_cm=height_cm, weight_kg=weight_kg, strict=strict,
-            overlay=overlay, html=html, on_note=None if quiet else console.note,
+            overlay=overlay, html=html, command=_command_line(), on_note=None if quiet else console.note,
         )  # fmt: skip
     except CardiosegError as exc:
         raise _fail(str(exc)) from None

@@ -64,6 +64,7 @@ def build_report(
     segmentation: dict[str, Any] | None = None,
     fingerprint: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
+    provenance: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON report of one study (plain types only; NaN becomes null when written).
 
@@ -76,6 +77,7 @@ def build_report(
     ``segmentation``: how the masks were made (crop, clean-up, where stage 1 found the heart).
     ``fingerprint``: every setting the result depends on (``cardioseg.batch.fingerprint``).
     ``extra``: measurements that are not single numbers (regional wall thickness), after ``measures``.
+    ``provenance``: when, by what and from which inputs (:func:`provenance`).
     """
     return {
         "study": study,
@@ -99,10 +101,56 @@ def build_report(
         "weights": weights,
         **({"segmentation": segmentation} if segmentation is not None else {}),
         **({"fingerprint": fingerprint} if fingerprint is not None else {}),
+        **({"provenance": provenance} if provenance is not None else {}),
         "versions": versions(),
         "device": device,
         "precision": precision,
         "runtime_s": runtime_s,
+    }
+
+
+def input_identity(volume: Any) -> dict[str, Any]:
+    """Where one input came from: its path and file name, format and, for DICOM, the patient,
+    study and series identifiers, heart rate and frame interval (``None`` where unknown)."""
+    meta = volume.meta
+    out: dict[str, Any] = {
+        "path": str(volume.path) if volume.path is not None else None,
+        "file": volume.path.name if volume.path is not None else None,
+        "format": meta.source,
+        "frame_interval_ms": meta.frame_interval_ms,
+    }
+    if meta.source == "dicom":
+        out.update(patient_id=meta.patient_id, study_uid=meta.study_uid, series_uid=meta.series_uid,
+                   series_number=meta.series_number, series_description=meta.series_description,
+                   heart_rate_bpm=meta.heart_rate_bpm)  # fmt: skip
+    return out
+
+
+def provenance(
+    volumes: list[Any], kind: str, ed_frame: int | None, es_frame: int | None, command: str | None
+) -> dict[str, Any]:
+    """The report's ``provenance``: when (UTC) and by which cardioseg and command line it was
+    made, each input's identity (:func:`input_identity`), and ED/ES named as the files of a pair
+    or as the frame index (and DICOM trigger time, ms) of a cine. The settings the result
+    depends on are the report's ``fingerprint``."""
+    import datetime as dt
+
+    def phase(index: int | None) -> dict[str, Any] | None:
+        if index is None:
+            return None
+        if kind == "pair":
+            v = volumes[index]
+            return {"file": v.path.name if v.path is not None else None}
+        times = volumes[0].meta.trigger_times_ms
+        return {"frame": index, "trigger_time_ms": times[index] if times and index < len(times) else None}
+
+    return {
+        "created_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "cardioseg": __version__,
+        "command": command,
+        "inputs": [input_identity(v) for v in volumes],
+        "ed": phase(ed_frame),
+        "es": phase(es_frame),
     }
 
 

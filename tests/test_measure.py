@@ -221,3 +221,30 @@ def test_html_page_beside_the_summary(tmp_path, small_phantom):
     assert measure(tmp_path / "in", "-o", out, "-q", "--html").exit_code == 0
     page = (out / "report.html").read_text()
     assert 'href="./a_report.json"' in page and 'href="./b_report.json"' in page
+
+
+def test_reports_say_where_they_came_from(tmp_path, small_phantom):
+    """Provenance: UTC time, version, the command line, each input's identity, ED/ES as files
+    of a pair and as frame plus trigger time of a DICOM cine."""
+    from dicom_writer import write_dicom_series
+
+    from cardioseg.report import provenance
+
+    p = small_phantom
+    a = save_nifti(tmp_path / "x_ED_seg.nii.gz", p.labels[..., 0], p.affine)
+    b = save_nifti(tmp_path / "x_ES_seg.nii.gz", p.labels[..., 4], p.affine)
+    assert measure("--ed", a, "--es", b, "-o", tmp_path / "out", "-q").exit_code == 0
+    prov = report(tmp_path / "out", "x")["provenance"]
+    assert prov["ed"] == {"file": "x_ED_seg.nii.gz"} and prov["es"] == {"file": "x_ES_seg.nii.gz"}
+    assert prov["command"].startswith("cardioseg ") and prov["cardioseg"] and prov["created_utc"].endswith("Z")
+    assert [i["file"] for i in prov["inputs"]] == ["x_ED_seg.nii.gz", "x_ES_seg.nii.gz"]
+    assert prov["inputs"][0]["format"] == "nifti" and "patient_id" not in prov["inputs"][0]
+    series = tmp_path / "dicom"
+    write_dicom_series(series, np.clip(p.image[..., :3], 0, 4000).astype(np.int16), trigger_times_ms=(0.0, 40.0, 80.0),
+                       extra_tags={"0010|0020": "PAT-7", "0020|000d": "1.2.3.4", "0018|1088": "72"})  # fmt: skip
+    vol = read_volume(series)
+    info = provenance([vol], "cine", 0, 2, None)
+    assert info["inputs"][0]["patient_id"] == "PAT-7" and info["inputs"][0]["format"] == "dicom"
+    assert info["inputs"][0]["study_uid"] == "1.2.3.4" and info["inputs"][0]["heart_rate_bpm"] == 72.0
+    assert info["inputs"][0]["series_number"] == 5 and info["inputs"][0]["frame_interval_ms"] == 40.0
+    assert info["es"] == {"frame": 2, "trigger_time_ms": 80.0}

@@ -45,7 +45,7 @@ from cardioseg.io import (
 from cardioseg.io.layouts import ACDC_INFO_NAME, PHASE_SUFFIX_RE, acdc_frame_file, find_image_file
 from cardioseg.io.volume import LABEL_MAP_WARNING
 from cardioseg.labels import LabelMap
-from cardioseg.report import build_report, load_report, write_report
+from cardioseg.report import build_report, load_report, provenance, write_report
 
 #: the endings stripped from a mask's name to name its study (``X_seg`` -> ``X``)
 MASK_NAME_SUFFIXES = ("_seg", "_gt", "_label", "_mask", "_pred")
@@ -232,6 +232,7 @@ def measure_one(study: Study, out_dir: Path, options: MeasureOptions) -> StudyRe
         warnings=[w for v in volumes for w in v.meta.warnings] + m.warnings,
         segmentation={"source": "measure", "label_map": options.label_map.name},
         extra=m.regional,
+        provenance=provenance(volumes, study.kind.value, m.ed_index, m.es_index, options.study.command),
     )  # fmt: skip
     path = report_path(out_dir, study.name)
     write_report(report, path)

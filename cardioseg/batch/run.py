@@ -29,7 +29,7 @@ from cardioseg.batch.segmenter import Segmenter
 from cardioseg.batch.studies import BatchInterrupted, Study, StudyKind, StudyOptions, StudyResult
 from cardioseg.errors import DEBUG_HINT, CardiosegError, ConfigError, UnsupportedInputError
 from cardioseg.io import Volume, read_volume, write_mask
-from cardioseg.report import build_report, write_report
+from cardioseg.report import build_report, provenance, write_report
 
 if TYPE_CHECKING:
     from cardioseg.labels import LabelMap
@@ -96,6 +96,7 @@ def study_report(
         segmentation=segmentation_report(predictor, localisation, agreement),
         fingerprint=options.fingerprint,
         extra=m.regional,
+        provenance=provenance(volumes, study.kind.value, m.ed_index, m.es_index, options.command),
     )
 
 

@@ -27,6 +27,9 @@ __all__ = [
 # tags as SimpleITK/GDCM names them ("group|element", lower-case hex)
 TAG_SOP_CLASS = "0008|0016"
 TAG_MODALITY = "0008|0060"
+TAG_PATIENT_ID = "0010|0020"
+TAG_HEART_RATE = "0018|1088"
+TAG_STUDY_UID = "0020|000d"
 TAG_SERIES_DESCRIPTION = "0008|103e"
 TAG_SLICE_THICKNESS = "0018|0050"
 TAG_SPACING_BETWEEN_SLICES = "0018|0088"
@@ -110,6 +113,9 @@ class DicomHeader:
     instance_number: int | None
     slice_thickness: float | None
     spacing_between_slices: float | None
+    patient_id: str = ""
+    study_uid: str = ""
+    heart_rate: float | None = None  # HeartRate (0018,1088), beats per minute
 
 
 # ---------------------------------------------------------------------------- finding files
@@ -225,7 +231,19 @@ def read_header(path: Path) -> DicomHeader:
         instance_number=None if instance is None else int(instance),
         slice_thickness=_number(path, reader, TAG_SLICE_THICKNESS, "SliceThickness"),
         spacing_between_slices=_number(path, reader, TAG_SPACING_BETWEEN_SLICES, "SpacingBetweenSlices"),
+        patient_id=_text(reader, TAG_PATIENT_ID) or "",
+        study_uid=_text(reader, TAG_STUDY_UID) or "",
+        heart_rate=_optional_number(reader, TAG_HEART_RATE),
     )
+
+
+def _optional_number(reader: Any, tag: str) -> float | None:
+    """A number the reader does not depend on: None when absent or not a number (never an error)."""
+    value = _text(reader, tag)
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
 
 
 def group_series(headers: Sequence[DicomHeader]) -> dict[str, list[DicomHeader]]:

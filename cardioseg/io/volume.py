@@ -50,6 +50,10 @@ class VolumeMeta:
     n_files_used: int | None = None  # of those, the files in the array (duplicates, dropped slices left out)
     frame_interval_ms: float | None = None  # time between cine frames (NIfTI pixdim[4] with its unit; DICOM TriggerTime)
     frame_interval_problem: str | None = None  # why a cine's frame interval is unknown
+    patient_id: str | None = None  # DICOM PatientID ("" when the files have none)
+    study_uid: str | None = None  # DICOM StudyInstanceUID
+    series_number: int | None = None  # DICOM SeriesNumber
+    heart_rate_bpm: float | None = None  # DICOM HeartRate (0018,1088)
 
     def with_warnings(self, *warnings: str) -> VolumeMeta:
         """A copy with ``warnings`` appended."""

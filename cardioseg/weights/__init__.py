@@ -270,7 +270,8 @@ def describe_registered() -> list[dict[str, str]]:
         except CardiosegError as exc:
             row.update(training=f"cannot be loaded: {exc}", license="")
         else:
-            training = meta.get("training") if isinstance(meta.get("training"), dict) else {}
+            found = meta.get("training")
+            training: dict[str, Any] = found if isinstance(found, dict) else {}
             data = str(training.get("data", "not recorded"))
             if isinstance(training.get("train_patients"), list):
                 data += f"; trained on {len(training['train_patients'])} of them"
