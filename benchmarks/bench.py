@@ -79,7 +79,8 @@ STAGES: list[tuple[str, str, str]] = [
     ("read", "cardioseg.batch.run", "read_study"),
     ("normalise + to model space", "cardioseg.preprocess", "normalize_intensity"),
     ("normalise + to model space", "cardioseg.geometry:ModelSpace", "image_to_model"),
-    ("network (+ softmax, copy back)", "cardioseg.inference:Predictor", "slice_probabilities"),
+    # every forward pass: stage 1's coarse grid, stage 2's crop, each test-time rotation, any precision
+    ("network (+ softmax, copy back)", "cardioseg.inference", "forward_probabilities"),
     ("back to native + argmax", "cardioseg.geometry:ModelSpace", "probabilities_to_labels"),
     ("clean-up (largest component)", "cardioseg.inference", "clean_up_labels"),
     ("measure (volumes, ED/ES, QC)", "cardioseg.batch.measure", "frame_volumes"),
@@ -105,10 +106,29 @@ def cpu_model(cpuinfo: str) -> str:
     return ""
 
 
+def cpu_class(flags: set[str] | list[str], machine: str) -> str:
+    """The CPU's class for the speed tables: AMX, AVX-512-BF16, AVX-512, AVX2, ARM or other.
+
+    >>> cpu_class({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}, "x86_64"), cpu_class({"avx2"}, "x86_64")
+    ('AMX', 'AVX2')
+    >>> cpu_class(set(), "aarch64")
+    'ARM'
+    """
+    flags = set(flags)
+    if machine.lower() in ("arm64", "aarch64") or machine.lower().startswith("arm"):
+        return "ARM"
+    for flag, name in (("amx_bf16", "AMX"), ("avx512_bf16", "AVX-512-BF16"), ("avx512f", "AVX-512"), ("avx2", "AVX2")):
+        if flag in flags:
+            return name
+    return "other"
+
+
 def machine_name(machine: dict[str, Any]) -> str:
     """A short heading for a machine: ``AMD EPYC, 2 cores`` (+ ``, NVIDIA H200`` with a GPU)."""
     cores = machine.get("physical_cores") or machine.get("logical_cpus")
     name = f"{machine.get('cpu') or 'unknown CPU'}, {cores} cores"
+    if machine.get("cpu_class"):
+        name += f" ({machine['cpu_class']})"
     if machine.get("gpu"):
         name += f", {machine['gpu']}"
     return name
@@ -313,6 +333,7 @@ def machine_info(device: str) -> dict[str, Any]:
     }
     flags = set(re.findall(r"\b(amx_bf16|amx_tile|avx512_bf16|avx512f|avx2)\b", cpuinfo))
     info["cpu_flags"] = sorted(flags)
+    info["cpu_class"] = cpu_class(flags, platform.machine())
     if device.startswith("cuda") and torch.cuda.is_available():
         index = torch.device(device).index or 0
         props = torch.cuda.get_device_properties(index)

@@ -25,7 +25,8 @@ def cine(tmp_path: Path, small_phantom) -> Path:
 def _report(path: Path) -> dict:
     report = json.loads(path.read_text())
     report.pop("runtime_s")
-    report.pop("created", None)
+    for key in ("created_utc", "command"):  # when, and how it was asked for: the API has no command line
+        report["provenance"].pop(key)
     return report
 
 

@@ -60,6 +60,8 @@ def test_cpu_model_and_machine_name():
     assert bench.cpu_model(CPUINFO) == "AMD EPYC 9654 96-Core Processor"
     assert bench.cpu_model("") == ""
     assert bench.machine_name({"cpu": "X", "physical_cores": 8}) == "X, 8 cores"
+    assert bench.machine_name({"cpu": "X", "physical_cores": 2, "cpu_class": "AVX2"}) == "X, 2 cores (AVX2)"
+    assert bench.cpu_class({"avx2", "avx512f"}, "x86_64") == "AVX-512"
     assert bench.machine_name({"cpu": "X", "physical_cores": 16, "gpu": "NVIDIA H200"}) == "X, 16 cores, NVIDIA H200"
 
 
@@ -253,3 +255,19 @@ def test_native_window_reproduces_whole_grid_coordinates():
         whole = ndimage.affine_transform(src, zoom, full_offset, output_shape=(n, n), **kw)
         part = ndimage.affine_transform(src, zoom, (win_offset, full_offset[1]), output_shape=(stop - start, n), **kw)
         assert np.array_equal(part, whole[start:stop])
+
+
+def test_stage_timer_sees_the_network_on_the_path_predict_takes(tmp_path, small_phantom, tiny_weights_path):
+    """Every stage exists, and the network's share is measured whatever the path (two stages,
+    test-time rotations, fp32): the profile once gave it 0 %."""
+    from conftest import save_nifti
+
+    import cardioseg
+
+    cine = save_nifti(tmp_path / "c.nii.gz", small_phantom.image[..., :2], small_phantom.affine)
+    with bench.StageTimer() as timer:
+        (result,) = cardioseg.predict(cine, tmp_path / "out", weights=tiny_weights_path, device="cpu",
+                                      precision="fp32", tta=True, crop_px=32)  # fmt: skip
+    assert result.error is None and timer.missing == []
+    assert timer.seconds["network (+ softmax, copy back)"] > 0
+    assert timer.seconds["read"] > 0 and timer.seconds["write NIfTI"] > 0

@@ -234,6 +234,7 @@ def _assemble(headers: list[DicomHeader], label: str) -> _Stack:
         study_uid=ref.study_uid,
         series_number=ref.series_number,
         heart_rate_bpm=ref.heart_rate,
+        source_files=tuple(tuple(h.path for h in images) for images in g.grid),
         series_uid=ref.series_uid,
         series_description=ref.description,
         slice_positions_mm=tuple(kept_positions),

@@ -54,6 +54,7 @@ class VolumeMeta:
     study_uid: str | None = None  # DICOM StudyInstanceUID
     series_number: int | None = None  # DICOM SeriesNumber
     heart_rate_bpm: float | None = None  # DICOM HeartRate (0018,1088)
+    source_files: tuple[tuple[Path, ...], ...] | None = None  # DICOM: the file of each array slice k, phase t: [k][t]
 
     def with_warnings(self, *warnings: str) -> VolumeMeta:
         """A copy with ``warnings`` appended."""
