@@ -248,3 +248,21 @@ def test_reports_say_where_they_came_from(tmp_path, small_phantom):
     assert info["inputs"][0]["study_uid"] == "1.2.3.4" and info["inputs"][0]["heart_rate_bpm"] == 72.0
     assert info["inputs"][0]["series_number"] == 5 and info["inputs"][0]["frame_interval_ms"] == 40.0
     assert info["es"] == {"frame": 2, "trigger_time_ms": 80.0}
+
+
+def test_regional_wall_thickness_in_the_report_and_its_bullseye(tmp_path, small_phantom):
+    pytest.importorskip("matplotlib")
+    p = small_phantom
+    a = save_nifti(tmp_path / "y_ED_seg.nii.gz", p.labels[..., p.ed_frame], p.affine)
+    b = save_nifti(tmp_path / "y_ES_seg.nii.gz", p.labels[..., p.es_frame], p.affine)
+    out = tmp_path / "out"
+    assert measure("--ed", a, "--es", b, "-o", out, "-q", "--overlay").exit_code == 0
+    rep = report(out, "y")
+    assert set(rep["aha_wall_thickness_ed_mm"]) == {str(k) for k in range(1, 17)}
+    assert set(rep["aha_thickening_pct"]) == {str(k) for k in range(1, 17)}
+    assert rep["lv_max_wall_thickness_mm"] > 0 and 1 <= rep["lv_max_wall_thickness_segment"] <= 16
+    assert (out / "y_bullseye.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    frame = save_nifti(tmp_path / "z_seg.nii.gz", p.labels[..., 0], p.affine)  # one frame: no thickening
+    assert measure(frame, "-o", out, "-q").exit_code == 0
+    assert "ES" in (report(out, "z")["wall_thickness_problem"] or "")
+    assert not (out / "z_bullseye.png").exists()  # no --overlay this time

@@ -30,7 +30,7 @@ import numpy as np
 from cardioseg.batch.measure import measure_study
 from cardioseg.batch.outputs import REPORT_SUFFIX, refresh_summary, report_path
 from cardioseg.batch.planning import check_output_name, is_pattern
-from cardioseg.batch.run import unexpected_error
+from cardioseg.batch.run import unexpected_error, write_bullseye_of
 from cardioseg.batch.studies import Study, StudyKind, StudyOptions, StudyResult
 from cardioseg.errors import CardiosegError, ConfigError, InputFileNotFoundError, UnsupportedInputError
 from cardioseg.io import (
@@ -235,8 +235,14 @@ def measure_one(study: Study, out_dir: Path, options: MeasureOptions) -> StudyRe
         provenance=provenance(volumes, study.kind.value, m.ed_index, m.es_index, options.study.command),
     )  # fmt: skip
     path = report_path(out_dir, study.name)
-    write_report(report, path)
-    return StudyResult(study, [path], report)
+    written = write_bullseye_of(report, out_dir, study.name) if options.study.overlay else []
+    try:
+        write_report(report, path)
+    except BaseException:
+        for done in written:
+            done.unlink(missing_ok=True)
+        raise
+    return StudyResult(study, [*written, path], report)
 
 
 def run_measure(

@@ -58,6 +58,7 @@ def measure_study(
     warnings: list[str] = []
     if study.kind is StudyKind.CINE and ed_i is not None and es_i is not None:
         measures.update(_rates(per_frame, ed_i, es_i, volumes[0], warnings))
+    regional = _wall(study, volumes, masks, label_map, ed_i, es_i)
     flags = study_flags(
         masks, volumes, per_frame, ed_i, es_i, measures, label_map, study.kind, ed_es_overridden=overridden
     )
@@ -68,7 +69,22 @@ def measure_study(
                           "grid, so the whole field of view was segmented: check the masks."))  # fmt: skip
     if options.strict and flags:
         raise QcError("quality control (--strict): " + " ".join(f.message for f in flags))
-    return Measurements(per_frame, ed_i, es_i, measures, flags, height, weight, warnings)
+    return Measurements(per_frame, ed_i, es_i, measures, flags, height, weight, warnings, regional)
+
+
+def _wall(study: Study, volumes: list[Volume], masks: list[np.ndarray], label_map: LabelMap,
+          ed: int | None, es: int | None) -> dict[str, Any]:  # fmt: skip
+    """The regional LV wall thickness (AHA segments) at ED and ES (a single frame: that frame)."""
+    from cardioseg.wall import frame_wall_thickness, regional_measures
+
+    def frame(t: int) -> tuple[np.ndarray, np.ndarray]:
+        if study.kind is StudyKind.CINE:
+            return masks[0][..., t], volumes[0].affine
+        return masks[t], volumes[t].affine
+
+    if ed is None or es is None:  # one 3D frame: its thickness, no thickening
+        return regional_measures(frame_wall_thickness(*frame(0), label_map), None)
+    return regional_measures(frame_wall_thickness(*frame(ed), label_map), frame_wall_thickness(*frame(es), label_map))
 
 
 def _rates(per_frame: list[FrameVolumes], ed: int, es: int, cine: Volume, warnings: list[str]) -> dict[str, float | None]:

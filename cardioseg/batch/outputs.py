@@ -29,6 +29,7 @@ from cardioseg.report import SUMMARY_COLUMNS, load_report, summary_row
 MASK_SUFFIX = "_seg.nii.gz"
 REPORT_SUFFIX = "_report.json"
 OVERLAY_SUFFIX = "_overlay.png"
+BULLSEYE_SUFFIX = "_bullseye.png"
 SUMMARY_NAME = "summary.csv"
 HTML_NAME = "report.html"
 
@@ -44,20 +45,26 @@ def report_path(out_dir: Path, study_name: str) -> Path:
     return Path(out_dir) / f"{study_name}{REPORT_SUFFIX}"
 
 
+def bullseye_path(out_dir: Path, study_name: str) -> Path:
+    """Where ``--overlay`` writes a study's AHA wall-thickness bullseye: ``<out_dir>/<study>_bullseye.png``."""
+    return Path(out_dir) / f"{study_name}{BULLSEYE_SUFFIX}"
+
+
 def overlay_path(out_dir: Path, study_name: str) -> Path:
     """Where ``predict --overlay`` writes a study's montage: ``<out_dir>/<study>_overlay.png``."""
     return Path(out_dir) / f"{study_name}{OVERLAY_SUFFIX}"
 
 
 def output_paths(study: Study, out_dir: Path) -> list[Path]:
-    """Every file ``run_study`` may write for ``study``: masks, the report, the overlay PNG."""
+    """Every file ``run_study`` may write for ``study``: masks, the report, the overlay PNG, the
+    bullseye PNG (in that order)."""
     masks = [mask_path(out_dir, p) for p in study.paths]
-    return [*masks, report_path(out_dir, study.name), overlay_path(out_dir, study.name)]
+    return [*masks, report_path(out_dir, study.name), overlay_path(out_dir, study.name), bullseye_path(out_dir, study.name)]
 
 
 def expected_outputs(study: Study, out_dir: Path, options: StudyOptions) -> list[Path]:
     """The files a finished study has: its masks, the overlay when asked for, and the report (last)."""
-    *masks, report, png = output_paths(study, out_dir)
+    *masks, report, png, _ = output_paths(study, out_dir)  # the bullseye only when the wall could be measured
     return [*masks, *([png] if options.overlay else []), report]
 
 

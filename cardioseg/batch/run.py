@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cardioseg.batch.measure import Measurements, check_frame_indices, measure_study
-from cardioseg.batch.outputs import output_paths, overlay_path, refresh_summary
+from cardioseg.batch.outputs import bullseye_path, output_paths, overlay_path, refresh_summary
 from cardioseg.batch.segmenter import Segmenter
 from cardioseg.batch.studies import BatchInterrupted, Study, StudyKind, StudyOptions, StudyResult
 from cardioseg.errors import DEBUG_HINT, CardiosegError, ConfigError, UnsupportedInputError
@@ -143,6 +143,7 @@ def write_study(
                                 per_frame=m.per_frame if study.kind is StudyKind.CINE else None,
                                 ed_index=m.ed_index, es_index=m.es_index, title=study.name)  # fmt: skip
             written.append(png)
+            written += write_bullseye_of(report, out_dir, study.name)
         write_report(report, report_file)
         written.append(report_file)
     except BaseException:
@@ -150,6 +151,19 @@ def write_study(
             path.unlink(missing_ok=True)
         raise
     return written
+
+
+def write_bullseye_of(report: dict[str, Any], out_dir: Path, name: str) -> list[Path]:
+    """``<study>_bullseye.png`` from the report's AHA wall thickness (ED) and thickening, when
+    any segment was measured; ``[]`` otherwise."""
+    ed = report.get("aha_wall_thickness_ed_mm") or {}
+    if not any(v is not None for v in ed.values()):
+        return []
+    from cardioseg.bullseye import write_bullseye
+
+    title = f"{name}: LV wall thickness" + (f", max {report['lv_max_wall_thickness_mm']:.1f} mm"
+                                             if report.get("lv_max_wall_thickness_mm") is not None else "")  # fmt: skip
+    return [write_bullseye(ed, report.get("aha_thickening_pct"), bullseye_path(out_dir, name), title)]
 
 
 def run_study(
