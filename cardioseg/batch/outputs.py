@@ -57,8 +57,8 @@ def overlay_path(out_dir: Path, study_name: str) -> Path:
 
 def output_paths(study: Study, out_dir: Path) -> list[Path]:
     """Every file ``run_study`` may write for ``study``: masks, the report, the overlay PNG, the
-    bullseye PNG (in that order)."""
-    masks = [mask_path(out_dir, p) for p in study.paths]
+    bullseye PNG (in that order). A DICOM series folder's mask is named after the study."""
+    masks = [Path(out_dir) / f"{study.name}{MASK_SUFFIX}" if p.is_dir() else mask_path(out_dir, p) for p in study.paths]
     return [*masks, report_path(out_dir, study.name), overlay_path(out_dir, study.name), bullseye_path(out_dir, study.name)]
 
 

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import glob
 import os
+import re
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +51,7 @@ def _may_be_dicom(entry: os.DirEntry[str]) -> bool:
 
 def _holds_dicom(folder: Path) -> bool:
     """True when a DICOM file lies anywhere under ``folder`` (stops at the first one found)."""
-    for dirpath, dirnames, _ in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        with os.scandir(dirpath) as it:
-            if any(_may_be_dicom(e) for e in it):
-                return True
-    return False
+    return next(_dicom_files(folder), None) is not None
 
 
 def folder_contents(folder: Path, ignored: list[Path] | None = None) -> list[Path] | None:
@@ -170,9 +168,61 @@ def _study_for(path: Path, expanded: bool) -> Study:
             if not expanded:
                 raise
             return Study(path.name, StudyKind.SINGLE, (path,), problem=str(exc))
-    if path.is_dir():  # a DICOM series folder: named after the folder
-        return Study(path.resolve().name, StudyKind.SINGLE, (path,))
+    if path.is_dir():  # a DICOM series folder: named after the folder, unless its name says nothing
+        return Study(dicom_study_name(path), StudyKind.SINGLE, (path,))
     return Study(strip_image_suffix(path.name), StudyKind.SINGLE, (path,))
+
+
+#: folder names that say nothing about the study: a DICOM study in one is named from its headers
+GENERIC_FOLDER = re.compile(r"^(dicom|dcm|dicoms|images?|data|series|ser|scans?)?[_\-. ]*\d*$", re.IGNORECASE)
+
+
+def dicom_study_name(folder: Path) -> str:
+    """A DICOM series folder's study name: the folder's name, or ``<PatientID>_s<SeriesNumber>``
+    (from the first DICOM file's header, the only file read) when the name says nothing
+    (``dicom``, ``DICOM``, ``series1``, ``001``...) and the header has a PatientID.
+
+    >>> bool(GENERIC_FOLDER.match("series1")), bool(GENERIC_FOLDER.match("patient001"))
+    (True, False)
+    """
+    name = folder.resolve().name
+    if not GENERIC_FOLDER.match(name):
+        return name
+    from cardioseg.io.dicom_headers import read_header
+
+    first = next((f for f in _dicom_files(folder)), None)
+    if first is None:
+        return name
+    try:
+        header = read_header(first)
+    except CardiosegError:
+        return name
+    patient = re.sub(r"[^A-Za-z0-9._-]+", "-", header.patient_id).strip("-.")
+    if not patient:
+        return name
+    return patient + (f"_s{header.series_number}" if header.series_number is not None else "")
+
+
+def _dicom_files(folder: Path) -> Iterator[Path]:
+    for dirpath, dirnames, _ in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        with os.scandir(dirpath) as it:
+            for e in sorted(it, key=lambda e: e.name):
+                if _may_be_dicom(e):
+                    yield Path(e.path)
+
+
+def _unique_names(studies: list[Study]) -> list[Study]:
+    """Studies named from DICOM headers may meet (two series folders of one patient): the later
+    ones get ``-2``, ``-3``... so that no two studies write the same files."""
+    seen: dict[str, int] = {}
+    out = []
+    for s in studies:
+        n = seen.get(s.name, 0) + 1
+        seen[s.name] = n
+        derived = len(s.paths) == 1 and s.paths[0].is_dir() and s.name != s.paths[0].resolve().name
+        out.append(replace(s, name=f"{s.name}-{n}") if n > 1 and derived else s)
+    return out
 
 
 def _patient_study(path: Path) -> Study:
@@ -219,6 +269,7 @@ def plan_studies(
         if key not in seen:
             seen.add(key)
             unique.append(s)
+    unique = _unique_names(unique)
     for s in unique:
         check_output_name(s.name)
     _check_no_clashes(unique)

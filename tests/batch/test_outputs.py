@@ -39,7 +39,7 @@ from cardioseg.weights import sha256_file
 def test_output_names_of_a_study(tmp_path):
     pair = Study("p7", StudyKind.PAIR, (Path("in/p7_frame01.nii.gz"), Path("in/p7_frame09.nii")))
     assert [p.name for p in output_paths(pair, tmp_path)] == [
-        "p7_frame01_seg.nii.gz", "p7_frame09_seg.nii.gz", "p7_report.json", "p7_overlay.png"
+        "p7_frame01_seg.nii.gz", "p7_frame09_seg.nii.gz", "p7_report.json", "p7_overlay.png", "p7_bullseye.png"
     ]  # fmt: skip
     assert [p.name for p in expected_outputs(pair, tmp_path, StudyOptions())][-1] == "p7_report.json"  # last
     assert [p.name for p in expected_outputs(pair, tmp_path, StudyOptions(overlay=True))][-2:] == [
@@ -48,7 +48,9 @@ def test_output_names_of_a_study(tmp_path):
     series = tmp_path / "dicom" / "sax"
     series.mkdir(parents=True)
     [mask, *_] = output_paths(Study("sax", StudyKind.SINGLE, (series / ".",)), tmp_path)
-    assert mask == tmp_path / "sax_seg.nii.gz"  # a DICOM folder is named after itself, resolved
+    assert mask == tmp_path / "sax_seg.nii.gz"  # a DICOM folder's mask is named after its study
+    [mask, *_] = output_paths(Study("PAT7_s5", StudyKind.SINGLE, (tmp_path / "dicom",)), tmp_path)
+    assert mask == tmp_path / "PAT7_s5_seg.nii.gz"
     assert SUMMARY_NAME == "summary.csv"
 
 

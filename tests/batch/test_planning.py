@@ -81,8 +81,10 @@ def test_dicom_series_folder_stays_one_study(tmp_path, small_phantom):
     write_series(series, data)
     assert folder_contents(series) is None
     assert [(s.name, s.paths) for s in plan_studies([series], None, None)] == [("sax", (series,))]
-    # a study folder whose only content is one series sub-folder is that study too
-    assert [(s.name, s.paths) for s in plan_studies([tmp_path / "dicom"], None, None)] == [("dicom", (tmp_path / "dicom",))]
+    # a study folder whose only content is one series sub-folder is that study too; "dicom" says
+    # nothing, so the study is named from the header: PatientID and SeriesNumber
+    assert [(s.name, s.paths) for s in plan_studies([tmp_path / "dicom"], None, None)] == [
+        ("PHANTOM_s5", (tmp_path / "dicom",))]
     # ... but a folder of several series folders (and images) is a batch of them
     write_series(tmp_path / "dicom" / "sax2" / "nested", data)
     save_nifti(tmp_path / "dicom" / "frame.nii.gz", small_phantom.image[..., 0], small_phantom.affine)
@@ -115,6 +117,21 @@ def test_what_a_folder_expansion_leaves_out_is_noted(tmp_path, small_phantom, fr
                                  "--device", "cpu", "--dry-run"])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "not segmented: cine4d.nii.gz" in " ".join(result.stderr.split())
+
+
+def test_generic_dicom_folders_are_named_from_their_headers_and_never_collide(tmp_path, small_phantom):
+    data = np.clip(small_phantom.image[..., :2], 0, 4000).astype(np.int16)
+    for site in ("site1", "site2"):
+        write_series(tmp_path / site / "DICOM", data)
+    write_series(tmp_path / "series1", data)
+    write_series(tmp_path / "patient_a_sax", data)
+    studies = plan_studies([tmp_path / "site1" / "DICOM", tmp_path / "site2" / "DICOM", tmp_path / "series1",
+                            tmp_path / "patient_a_sax"], None, None)  # fmt: skip
+    assert names(studies) == ["PHANTOM_s5", "PHANTOM_s5-2", "PHANTOM_s5-3", "patient_a_sax"]
+    from cardioseg.batch import output_paths
+
+    masks = [output_paths(s, tmp_path / "out")[0].name for s in studies]
+    assert masks == ["PHANTOM_s5_seg.nii.gz", "PHANTOM_s5-2_seg.nii.gz", "PHANTOM_s5-3_seg.nii.gz", "patient_a_sax_seg.nii.gz"]
 
 
 def test_planning_reads_no_image(frames, monkeypatch):

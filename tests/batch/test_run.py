@@ -265,6 +265,7 @@ def _outputs(out: Path) -> dict[str, object]:
         elif path.name.endswith("_report.json"):
             report = json.loads(path.read_text())
             report.pop("runtime_s", None)
+            report["provenance"].pop("created_utc")  # the clock, not the result
             got[path.name] = report
     return got
 
