@@ -113,7 +113,7 @@ def test_flag_as_dict_and_limits_defaults():
     assert Flag("x_y", "A sentence.").as_dict() == {"code": "x_y", "message": "A sentence."}
     lim = QcLimits()
     assert (lim.ef_min_pct, lim.ef_max_pct, lim.lv_mass_min_g, lim.lv_mass_max_g) == (5, 85, 30, 400)
-    assert lim.rv_lv_edv_ratio_max == 2.0 and lim.min_slices == 6 and lim.lv_leak_max_fraction == 0.1
+    assert lim.rv_lv_edv_ratio_max == 4.5 and lim.min_slices == 6 and lim.lv_leak_max_fraction == 0.1
 
 
 # ---------------------------------------------------------------------------- structures
@@ -201,10 +201,10 @@ def test_implausible_lv_mass(cine_labels, mass):
 def test_rv_much_larger_than_lv(cine_labels):
     vol = Volume(cine_labels, AFFINE)
     lv = frame_volumes(cine_labels[..., ED], vol.voxel_volume_ml, ACDC).lv_ml
-    flags = cine_flags(cine_labels, measures={"rv_edv_ml": 2.5 * lv})
+    flags = cine_flags(cine_labels, measures={"rv_edv_ml": 5.0 * lv})
     assert codes(flags) == ["rv_much_larger_than_lv"]
-    assert "RV much larger than LV" in flags[0].message and "2.50x" in flags[0].message
-    assert cine_flags(cine_labels, measures={"rv_edv_ml": 1.9 * lv}) == []
+    assert "RV much larger than LV" in flags[0].message and "5.00x" in flags[0].message
+    assert cine_flags(cine_labels, measures={"rv_edv_ml": 3.6 * lv}) == []  # a dilated RV of the references
 
 
 def test_swapped_ed_es_pair(cine_labels):
