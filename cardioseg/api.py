@@ -137,7 +137,7 @@ def predict(
     ``weights``/``predictor``/``threads``: as :func:`load_predictor`; ``options``: the fields of
     :class:`cardioseg.inference.PredictOptions` and of :class:`cardioseg.batch.StudyOptions`
     (``myo_density_g_ml``, ``ed_frame``, ``es_frame``, ``height_cm``, ``weight_kg``,
-    ``max_voxels``, ``strict``, ``overlay``, ``html``, ``series_uid``, ``command``: the command
+    ``max_voxels``, ``strict``, ``overlay``, ``html``, ``dicom_seg``, ``series_uid``, ``command``: the command
     line for the reports' provenance). ``skip_existing``: skip studies a
     previous run finished (default: for batches); ``num_parts``/``part_id``: run one part of the
     batch (default: from a Slurm job array).
@@ -177,6 +177,10 @@ def predict(
         from cardioseg.overlay import require_matplotlib
 
         require_matplotlib()
+    if study_options.dicom_seg:
+        from cardioseg.io.dicom_seg import require_highdicom
+
+        require_highdicom()
     predict_opts = _pick(options, PredictOptions, "predict", also=batch.StudyOptions)
     resolved = asdict(predictor.options) if predictor is not None else asdict(PredictOptions(**predict_opts))
     fingerprint = batch.make_fingerprint(_weights_sha256(predictor, weights), resolved, asdict(study_options))

@@ -106,6 +106,7 @@ def predict(
     series_uid: Annotated[str | None, typer.Option("--series-uid", rich_help_panel="Input", help="SeriesInstanceUID to read from a DICOM folder that holds several series (the error lists them).")] = None,
     strict: Annotated[bool, typer.Option("--strict", metavar="", rich_help_panel="Quality control", help="Treat any quality-control flag as an error: the study gets exit code 1 and no outputs.")] = False,
     overlay: Annotated[bool, typer.Option("--overlay", metavar="", rich_help_panel="Output", help="Also write DIR/<study>_overlay.png: every ED/ES slice with the mask contours, and the volume curve of a cine (needs matplotlib: pip install 'cardioseg\\[plots]').")] = False,
+    dicom_seg: Annotated[bool, typer.Option("--dicom-seg", metavar="", rich_help_panel="Output", help="For DICOM input, also write DIR/<study>_seg.dcm: a DICOM Segmentation of the ED and ES frames referencing the source images, for PACS and web viewers (needs highdicom: pip install 'cardioseg\\[dicom-seg]').")] = False,
     html: Annotated[bool, typer.Option("--html", metavar="", rich_help_panel="Output", help="Also keep DIR/report.html: one page over every study in DIR (table with flagged studies first, overlays, volume curves, links), rebuilt like summary.csv; opens offline.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", metavar="", rich_help_panel="Output", help="Print the plan (studies, their inputs and outputs, what would be skipped or recomputed and why) and exit; nothing is read, loaded or written.")] = False,
     skip_existing: Annotated[bool | None, typer.Option("--skip-existing/--overwrite", metavar="", rich_help_panel="Batch and cluster", help="Skip studies an earlier run finished (all outputs there; the report is written last) or recompute them (default: skip for a batch of several studies or parts, overwrite for one study).", show_default=False)] = None,
@@ -135,7 +136,7 @@ def predict(
                 ensemble=ensemble.value, device=device, precision=precision, batch_size=batch_size,
                 postprocess=not no_postprocess, clean_up=clean_up, crop_px=crop_px, tta=tta, compile=compile_model, batch_studies=batch_studies,
                 myo_density_g_ml=myo_density, ed_frame=ed_frame, es_frame=es_frame, height_cm=height_cm,
-                weight_kg=weight_kg, max_voxels=max_voxels, strict=strict, overlay=overlay, html=html, series_uid=series_uid, command=_command_line(),
+                weight_kg=weight_kg, max_voxels=max_voxels, strict=strict, overlay=overlay, html=html, dicom_seg=dicom_seg, series_uid=series_uid, command=_command_line(),
             )  # fmt: skip
     except CardiosegError as exc:
         raise _fail(str(exc)) from None

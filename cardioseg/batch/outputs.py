@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cardioseg.batch.fingerprint import changed_settings
-from cardioseg.batch.studies import Study, StudyOptions, StudyResult
+from cardioseg.batch.studies import Study, StudyKind, StudyOptions, StudyResult
 from cardioseg.errors import CardiosegError, ConfigError
 from cardioseg.io import strip_image_suffix, temp_target, write_text_atomic
 from cardioseg.report import SUMMARY_COLUMNS, load_report, summary_row
@@ -30,6 +30,7 @@ MASK_SUFFIX = "_seg.nii.gz"
 REPORT_SUFFIX = "_report.json"
 OVERLAY_SUFFIX = "_overlay.png"
 BULLSEYE_SUFFIX = "_bullseye.png"
+DICOM_SEG_SUFFIX = "_seg.dcm"
 SUMMARY_NAME = "summary.csv"
 HTML_NAME = "report.html"
 
@@ -45,6 +46,11 @@ def report_path(out_dir: Path, study_name: str) -> Path:
     return Path(out_dir) / f"{study_name}{REPORT_SUFFIX}"
 
 
+def dicom_seg_path(out_dir: Path, study_name: str) -> Path:
+    """Where ``--dicom-seg`` writes a DICOM study's segmentation object: ``<out_dir>/<study>_seg.dcm``."""
+    return Path(out_dir) / f"{study_name}{DICOM_SEG_SUFFIX}"
+
+
 def bullseye_path(out_dir: Path, study_name: str) -> Path:
     """Where ``--overlay`` writes a study's AHA wall-thickness bullseye: ``<out_dir>/<study>_bullseye.png``."""
     return Path(out_dir) / f"{study_name}{BULLSEYE_SUFFIX}"
@@ -57,15 +63,17 @@ def overlay_path(out_dir: Path, study_name: str) -> Path:
 
 def output_paths(study: Study, out_dir: Path) -> list[Path]:
     """Every file ``run_study`` may write for ``study``: masks, the report, the overlay PNG, the
-    bullseye PNG (in that order). A DICOM series folder's mask is named after the study."""
+    bullseye PNG, the DICOM-SEG (in that order). A DICOM series folder's mask is named after the study."""
     masks = [Path(out_dir) / f"{study.name}{MASK_SUFFIX}" if p.is_dir() else mask_path(out_dir, p) for p in study.paths]
-    return [*masks, report_path(out_dir, study.name), overlay_path(out_dir, study.name), bullseye_path(out_dir, study.name)]
+    return [*masks, report_path(out_dir, study.name), overlay_path(out_dir, study.name), bullseye_path(out_dir, study.name),
+            dicom_seg_path(out_dir, study.name)]  # fmt: skip
 
 
 def expected_outputs(study: Study, out_dir: Path, options: StudyOptions) -> list[Path]:
     """The files a finished study has: its masks, the overlay when asked for, and the report (last)."""
-    *masks, report, png, _ = output_paths(study, out_dir)  # the bullseye only when the wall could be measured
-    return [*masks, *([png] if options.overlay else []), report]
+    *masks, report, png, _, seg = output_paths(study, out_dir)  # the bullseye only when the wall could be measured
+    dicom = options.dicom_seg and study.kind is not StudyKind.PAIR and study.paths[0].is_dir()
+    return [*masks, *([png] if options.overlay else []), *([seg] if dicom else []), report]
 
 
 # ---------------------------------------------------------------------------- resume

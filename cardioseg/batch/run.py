@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cardioseg._version import __version__
 from cardioseg.batch.measure import Measurements, check_frame_indices, measure_study
-from cardioseg.batch.outputs import bullseye_path, output_paths, overlay_path, refresh_summary
+from cardioseg.batch.outputs import bullseye_path, dicom_seg_path, output_paths, overlay_path, refresh_summary
 from cardioseg.batch.segmenter import Segmenter
 from cardioseg.batch.studies import BatchInterrupted, Study, StudyKind, StudyOptions, StudyResult
 from cardioseg.errors import DEBUG_HINT, CardiosegError, ConfigError, UnsupportedInputError
@@ -144,6 +145,12 @@ def write_study(
                                 ed_index=m.ed_index, es_index=m.es_index, title=study.name)  # fmt: skip
             written.append(png)
             written += write_bullseye_of(report, out_dir, study.name)
+        if options.dicom_seg and volumes[0].meta.source == "dicom" and study.kind is not StudyKind.PAIR:
+            from cardioseg.io.dicom_seg import write_dicom_seg
+
+            frames = [0] if m.ed_index is None or m.es_index is None else sorted({m.ed_index, m.es_index})
+            written.append(write_dicom_seg(volumes[0], masks[0], frames, label_map, dicom_seg_path(out_dir, study.name),
+                                           software_version=__version__))  # fmt: skip
         write_report(report, report_file)
         written.append(report_file)
     except BaseException:
@@ -194,6 +201,8 @@ def run_study(
                  for v in volumes]  # fmt: skip
     agreement = stats.get("tta_agreement") or None
     m = measure_study(study, volumes, masks, predictor.label_map, options, localisation, agreement)
+    if options.dicom_seg and (volumes[0].meta.source != "dicom" or study.kind is StudyKind.PAIR):
+        m.warnings.append("no DICOM-SEG written (--dicom-seg): the input is not one DICOM series")
     mask_paths = output_paths(study, out_dir)[: len(volumes)]
     seconds = round(time.perf_counter() - t0, 3)
     report = study_report(study, volumes, mask_paths, m, predictor, options, seconds, localisation, agreement)

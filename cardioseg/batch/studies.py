@@ -59,6 +59,7 @@ class StudyOptions:
     strict: bool = False  # a QC flag makes the study an error (nothing written for it)
     overlay: bool = False  # also write DIR/<study>_overlay.png (needs matplotlib)
     html: bool = False  # also keep DIR/report.html, rebuilt like summary.csv (not a result setting)
+    dicom_seg: bool = False  # also write DIR/<study>_seg.dcm for DICOM input (needs highdicom)
     command: str | None = None  # the command line that asked for the run, for the reports' provenance
     series_uid: str | None = None  # which series of a DICOM folder holding several
     fingerprint: dict[str, Any] | None = None  # set by api.predict (batch.fingerprint): stored in reports, checked on resume
