@@ -39,7 +39,8 @@ from cardioseg.weights import sha256_file
 def test_output_names_of_a_study(tmp_path):
     pair = Study("p7", StudyKind.PAIR, (Path("in/p7_frame01.nii.gz"), Path("in/p7_frame09.nii")))
     assert [p.name for p in output_paths(pair, tmp_path)] == [
-        "p7_frame01_seg.nii.gz", "p7_frame09_seg.nii.gz", "p7_report.json", "p7_overlay.png", "p7_bullseye.png"
+        "p7_frame01_seg.nii.gz", "p7_frame09_seg.nii.gz", "p7_report.json", "p7_overlay.png", "p7_bullseye.png",
+        "p7_seg.dcm",
     ]  # fmt: skip
     assert [p.name for p in expected_outputs(pair, tmp_path, StudyOptions())][-1] == "p7_report.json"  # last
     assert [p.name for p in expected_outputs(pair, tmp_path, StudyOptions(overlay=True))][-2:] == [
@@ -51,6 +52,10 @@ def test_output_names_of_a_study(tmp_path):
     assert mask == tmp_path / "sax_seg.nii.gz"  # a DICOM folder's mask is named after its study
     [mask, *_] = output_paths(Study("PAT7_s5", StudyKind.SINGLE, (tmp_path / "dicom",)), tmp_path)
     assert mask == tmp_path / "PAT7_s5_seg.nii.gz"
+    dicom = Study("PAT7_s5", StudyKind.SINGLE, (tmp_path / "dicom",))
+    assert [p.name for p in expected_outputs(dicom, tmp_path, StudyOptions(dicom_seg=True))] == [
+        "PAT7_s5_seg.nii.gz", "PAT7_s5_seg.dcm", "PAT7_s5_report.json"]  # --dicom-seg: the SEG of a DICOM study
+    assert "p7_seg.dcm" not in [p.name for p in expected_outputs(pair, tmp_path, StudyOptions(dicom_seg=True))]
     assert SUMMARY_NAME == "summary.csv"
 
 
