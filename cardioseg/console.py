@@ -258,8 +258,10 @@ def print_evaluation(ev: Evaluation, out: Path) -> None:
         for key, a in summary["clinical"].items():
             shown = a["n"] >= MIN_N_CORRELATION
             few = few or not shown
-            t.add_row(key, str(a["n"]), f"{a['pearson_r']:.3f}" if shown else "-", f"{a['bias']:+.2f}",
-                      f"{a['loa_low']:+.1f} … {a['loa_high']:+.1f}", f"{a['mae']:.2f}")  # fmt: skip
+            limits = (f"{a['loa_low']:+.1f} … {a['loa_high']:+.1f}"
+                      if a["loa_low"] is not None and math.isfinite(a["loa_low"]) else "-")  # fmt: skip
+            t.add_row(key, str(a["n"]), f"{a['pearson_r']:.3f}" if shown else "-", f"{a['bias']:+.2f}", limits,
+                      f"{a['mae']:.2f}")  # fmt: skip
         console.print(t)
         if few:
             notes.append(f"r not shown for fewer than {MIN_N_CORRELATION} studies: too few for a correlation to mean "

@@ -51,7 +51,7 @@ def real_sample(out: Path, weights: str | None, sample: Path = SAMPLE) -> int:
     rc = _run(["predict", str(sample), "-o", str(out / "predict"), *overlay, *(["-w", weights] if weights else [])])
     if rc != 0:
         return rc
-    rc = _run(["evaluate", str(out / "predict"), str(sample), "-o", str(out / "evaluate"), "-q"])
+    rc = _run(["evaluate", str(out / "predict"), str(sample), "-o", str(out / "evaluate")])
     if rc != 0:
         return rc
     summary = json.loads((out / "evaluate" / "summary.json").read_text())
