@@ -595,7 +595,7 @@ def test_printed_worst_cases_and_no_statistics_from_too_few(tmp_path, folders):
         data[data == 3] = 2
         put(worse / p.name, data)
     shown = _printed(tmp_path, *folders, "--compare", worse)
-    assert f"r not shown for fewer than {E.MIN_N_CORRELATION} studies" in shown and "nan" not in shown  # one study: no limits
+    assert f"r not shown for fewer than {E.MIN_N_CORRELATION} studies" in shown and "+nan" not in shown  # one study: no limits
     assert f"p not shown for fewer than {E.MIN_N_WILCOXON} pairs" in shown
     assert "lowest Dice (frame, structure)" in shown and "largest EF errors" in shown
     assert "A = pred vs B = worse" in " ".join(shown.split())
