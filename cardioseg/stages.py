@@ -64,9 +64,15 @@ def resolve_tta(requested: bool | None, weights: LoadedWeights) -> bool:
 
 
 def tta_agreement(votes: Sequence[np.ndarray], combined: np.ndarray, frame_slices: Sequence[int]) -> list[float]:
-    """Per frame, how much the test-time rotations agree: the mean over the rotations and the
-    structures (labels 1..C-1 present in either) of the Dice between that rotation's labels and
-    the combined labels, in model space. 1: every rotation gives the same mask.
+    """Per frame, how much the test-time rotations agree on its least consistent structure: for
+    each structure (label 1..C-1 present in the combined labels or in a rotation's), the mean
+    over the rotations (those where it is present in either) of the Dice between that
+    rotation's labels and the combined labels, in model space; the frame's value is the lowest
+    of these. 1: every rotation gives the same mask.
+
+    The worst structure, not the mean over structures: gross failures are mostly one structure
+    (the ES RV or LV cavity) that the rotations see differently while the others agree, and
+    the mean dilutes it (cross-validation: ``QcLimits.tta_agreement_min``, docs/cv100/qc.md).
 
     >>> a = np.zeros((1, 4, 4), np.uint8); a[0, :2] = 1
     >>> tta_agreement([a, a], a, [1])
@@ -74,19 +80,22 @@ def tta_agreement(votes: Sequence[np.ndarray], combined: np.ndarray, frame_slice
     >>> b = np.zeros_like(a); b[0, :1] = 1
     >>> round(tta_agreement([a, b], a, [1])[0], 3)
     0.833
+    >>> c = a.copy(); c[0, 3] = 2; d = a.copy(); d[0, 3, :2] = 2  # structure 1 agrees, 2 does not
+    >>> round(tta_agreement([c, d], c, [1])[0], 3)  # structure 2: (1 + 2*2/(2+4)) / 2 (all four Dice: 0.917)
+    0.833
     """
     out = []
     start = 0
     for n in frame_slices:
         ref = combined[start : start + n]
-        scores = []
+        per_structure: dict[int, list[float]] = {}
         for vote in votes:
             v = vote[start : start + n]
             for c in np.union1d(np.unique(ref), np.unique(v)):
                 if c == 0:
                     continue
                 a, b = v == c, ref == c
-                scores.append(2.0 * float((a & b).sum()) / float(a.sum() + b.sum()))
-        out.append(float(np.mean(scores)) if scores else 1.0)
+                per_structure.setdefault(int(c), []).append(2.0 * float((a & b).sum()) / float(a.sum() + b.sum()))
+        out.append(min(float(np.mean(s)) for s in per_structure.values()) if per_structure else 1.0)
         start += n
     return out

@@ -137,3 +137,35 @@ def test_tta_agreement_is_reported_per_frame_and_flags_an_unsure_key_frame(tmp_p
     assert tta_agreement_flags([0.99, 0.5, 0.99], 0, 2) == []  # frame 1 is neither ED nor ES
     (flag,) = tta_agreement_flags([0.99, 0.5, 0.9], 0, 2)
     assert flag.code == "low_tta_agreement" and "frame 2 (0.90)" in flag.message
+
+
+def test_tta_agreement_is_that_of_the_least_consistent_structure_of_each_frame() -> None:
+    from cardioseg.stages import tta_agreement
+
+    # two frames of 2 slices; labels 1 (RV), 2 (myocardium), 3 (LV cavity) on a 10 x 10 plane
+    ref = np.zeros((4, 10, 10), np.uint8)
+    ref[:, 0:4, 0:4] = 1
+    ref[:, 5:10, 5:10] = 2
+    ref[:, 6:9, 6:9] = 3
+    shrunk = ref.copy()
+    shrunk[2:, 0:2, 0:4] = 0  # frame 2: one rotation finds half the RV (Dice 2*8/(8+16) = 2/3)
+    agreement = tta_agreement([ref, ref, ref, shrunk], ref, [2, 2])
+    assert agreement[0] == 1.0
+    rv = (1 + 1 + 1 + 2 / 3) / 4  # the RV's mean over the rotations
+    assert agreement[1] == pytest.approx(rv)  # not the mean over rotations and structures, 0.972
+    assert agreement[1] < (3 * 4 - 1 + 2 / 3) / 12
+    # a structure that only one rotation finds counts as disagreement (Dice 0 there)
+    extra = ref.copy()
+    extra[:2, 0, 9] = 4
+    assert tta_agreement([ref, extra], ref, [2, 2])[0] == pytest.approx(0.0)
+
+
+def test_low_tta_agreement_limit_is_chosen_for_the_worst_structure() -> None:
+    from cardioseg.batch.measure import tta_agreement_flags
+    from cardioseg.qc import QcLimits
+
+    # 0.93: typical of a good study's worst structure at ES, below the old limit of the mean (0.955)
+    assert tta_agreement_flags([0.99, 0.93], 0, 1) == []
+    (flag,) = tta_agreement_flags([0.99, 0.91], 0, 1)
+    assert "frame 1 (0.91)" in flag.message and "least consistent structure" in flag.message
+    assert tta_agreement_flags([0.99, 0.93], 0, 1, QcLimits(tta_agreement_min=0.95)) != []

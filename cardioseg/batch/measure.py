@@ -122,13 +122,15 @@ def check_frame_indices(ed: int | None, es: int | None, n: int) -> None:
 
 
 def tta_agreement_flags(agreement: list[float], ed: int | None, es: int | None, limits: QcLimits | None = None) -> list[Flag]:
-    """``low_tta_agreement``: in a key frame (ED, ES; the frame of a single frame) the four
-    test-time rotations agree less than ``QcLimits.tta_agreement_min``."""
+    """``low_tta_agreement``: in a key frame (ED, ES; every frame of a study without them) the
+    four test-time rotations agree less than ``QcLimits.tta_agreement_min`` on the frame's least
+    consistent structure (``agreement``: per frame, :func:`cardioseg.stages.tta_agreement`)."""
     limits = limits or QcLimits()
     keys = sorted({i for i in (ed, es) if i is not None}) or list(range(len(agreement)))
     low = [(t, agreement[t]) for t in keys if agreement[t] < limits.tta_agreement_min]
     if not low:
         return []
     where = ", ".join(f"frame {t} ({a:.2f})" for t, a in low)
-    return [Flag("low_tta_agreement", f"The four rotated segmentations disagree in {where}: mean Dice between "
-                 f"each and their combination below {limits.tta_agreement_min:g}; the model is unsure here.")]  # fmt: skip
+    return [Flag("low_tta_agreement", f"The four rotated segmentations disagree in {where}: for the least consistent "
+                 f"structure, the mean Dice between each rotation and their combination is below "
+                 f"{limits.tta_agreement_min:g}; the model is unsure here.")]  # fmt: skip

@@ -68,11 +68,18 @@ class QcLimits:
         myo_es_ed_ratio_min, myo_es_ed_ratio_max: ``myocardium_volume_changes`` when the
             myocardial volume at ES is outside 0.75-1.7x that at ED (references: 0.89-1.47x;
             the muscle is nearly incompressible, its ES volume is larger in ACDC's convention).
-        tta_agreement_min: ``low_tta_agreement`` when, with test-time rotations, the mean Dice
-            between each rotation's segmentation and their combination is below 0.955 in an ED
-            or ES frame. Chosen on cross-validation folds 0-1 (40 patients, 20-epoch fold
-            models, ``--crop-px 160 --tta``): the 4 studies with a structure Dice < 0.70 had
-            0.915-0.952, the 36 others a median of 0.967; folds 2-4 measure it (docs/cv100).
+        tta_agreement_min: ``low_tta_agreement`` when, with test-time rotations, an ED or ES
+            frame's least consistent structure has a mean Dice between each rotation's
+            segmentation and their combination below 0.924 (:func:`cardioseg.stages.tta_agreement`).
+            Cross-validation on the 100 ACDC patients (five 20-epoch fold models, ``--crop-px 160 --tta
+            --clean-up anatomy``; a gross failure: a structure Dice < 0.70 in ED or ES), chosen
+            on folds 0-1 (4 failures, 36 good studies) as the loosest threshold that flags every
+            failure there with at most 15 % of the good studies (5 of 36): between 0.9221 and
+            0.9255. Held-out folds 2-4: 4 of 5 failures, 5 of 55 good studies (all 100: 8 of 9,
+            10 of 91); the missed one (ES LV Dice 0.69) scores 0.943, among the good studies.
+            It replaced the mean over rotations and structures at 0.955 (folds 2-4: 4 of 5, 12
+            of 55; all: 8 of 9, 16 of 91), which dilutes the one structure that fails
+            (docs/cv100/qc.md, ``benchmarks/qc_agreement.py``).
     """
 
     ef_min_pct: float = 5.0
@@ -94,4 +101,4 @@ class QcLimits:
     rv_shift_max_mm: float = 25.0
     myo_es_ed_ratio_min: float = 0.75
     myo_es_ed_ratio_max: float = 1.7
-    tta_agreement_min: float = 0.955
+    tta_agreement_min: float = 0.924
