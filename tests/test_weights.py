@@ -233,3 +233,17 @@ def test_weights_that_are_not_cardioseg_checkpoints_are_one_line_through_the_cli
     assert result.exit_code == 1 and len(lines) == 1, result.stderr
     assert lines[0].startswith(f'cardioseg: error: weights "{bad}"') and needle in lines[0], lines[0]
     assert "weights_only" not in lines[0] and "Traceback" not in result.stderr
+
+
+def test_recommend_inference_keeps_the_parameters(tmp_path, tiny_weights_path):
+    from cardioseg.stages import resolve_crop_px, resolve_tta
+    from cardioseg.weights import load_weights, recommend_inference, sha256_file
+
+    before = load_weights(tiny_weights_path)
+    out = tmp_path / "shipped.pt"
+    digest = recommend_inference(tiny_weights_path, 32, True, "a test", out=out)
+    after = load_weights(out)
+    assert digest == sha256_file(out) != before.file_sha256
+    assert after.meta["inference"] == {"crop_px": 32, "tta": True, "chosen_by": "a test"}
+    assert after.meta["state_sha256"] == before.meta["state_sha256"]
+    assert resolve_crop_px(None, after) == 32 and resolve_tta(None, after) is True

@@ -258,6 +258,24 @@ def export_weights(
     return sha256_file(Path(path))
 
 
+def recommend_inference(path: Path, crop_px: int, tta: bool, chosen_by: str, out: Path | None = None) -> str:
+    """Record in a checkpoint how it should run by default (``meta["inference"]``: the two-stage
+    crop and test-time rotations ``cardioseg predict`` then uses unless told otherwise) and what
+    chose that; the parameters are unchanged (same ``state_sha256``). Writes ``out`` (default:
+    ``path``, replaced atomically) and returns its sha256, for ``registry.json``."""
+    import torch
+
+    from cardioseg.io import atomic_path
+
+    _load_verified(Path(path), None)  # a cardioseg checkpoint, intact
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt["inference"] = {"crop_px": int(crop_px), "tta": bool(tta), "chosen_by": str(chosen_by)}
+    target = Path(out) if out is not None else Path(path)
+    with atomic_path(target) as tmp:
+        torch.save(ckpt, tmp)
+    return sha256_file(target)
+
+
 def describe_registered() -> list[dict[str, str]]:
     """One row per registered model, for ``cardioseg weights``: name, file, sha256, training
     data, license and cross-validation figures (read from each checkpoint and the registry)."""
