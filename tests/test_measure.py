@@ -266,3 +266,18 @@ def test_regional_wall_thickness_in_the_report_and_its_bullseye(tmp_path, small_
     assert measure(frame, "-o", out, "-q").exit_code == 0
     assert "ES" in (report(out, "z")["wall_thickness_problem"] or "")
     assert not (out / "z_bullseye.png").exists()  # no --overlay this time
+
+
+def test_a_failing_wall_measurement_leaves_the_rest_of_the_report(tmp_path, small_phantom, monkeypatch):
+    import cardioseg.wall
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug in the wall code")
+
+    monkeypatch.setattr(cardioseg.wall, "frame_wall_thickness", broken)
+    p = small_phantom
+    path = save_nifti(tmp_path / "w_seg.nii.gz", p.labels[..., 0], p.affine)
+    result = measure(path, "-o", tmp_path / "out", "-q")
+    assert result.exit_code == 0 and "the wall thickness could not be measured (RuntimeError" in result.stderr
+    rep = report(tmp_path / "out", "w")
+    assert rep["lv_ml"] > 0 and "a bug in the wall code" in rep["wall_thickness_problem"]

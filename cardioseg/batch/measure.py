@@ -58,7 +58,11 @@ def measure_study(
     warnings: list[str] = []
     if study.kind is StudyKind.CINE and ed_i is not None and es_i is not None:
         measures.update(_rates(per_frame, ed_i, es_i, volumes[0], warnings))
-    regional = _wall(study, volumes, masks, label_map, ed_i, es_i)
+    try:
+        regional = _wall(study, volumes, masks, label_map, ed_i, es_i)
+    except Exception as exc:  # noqa: BLE001 - an optional regional number must not cost the study its volumes and EF
+        regional = {"wall_thickness_problem": f"the wall thickness could not be measured ({type(exc).__name__}: {exc})"}
+        warnings.append(regional["wall_thickness_problem"])
     flags = study_flags(
         masks, volumes, per_frame, ed_i, es_i, measures, label_map, study.kind, ed_es_overridden=overridden
     )
