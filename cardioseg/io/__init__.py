@@ -6,6 +6,7 @@ the dataset layouts (ACDC folders, mask naming).
     nifti.py           the NIfTI reader and write_mask
     dicom_headers.py   DICOM files, headers and series (no pixels)
     dicom.py           a DICOM series assembled into a Volume
+    dicom_seg.py       masks of DICOM input as DICOM Segmentation objects (highdicom, optional; not imported here)
     layouts.py         image suffixes, mask names, ACDC patient folders, ED/ES study names
     files.py           atomic writing and the temp-file naming scheme
 
