@@ -73,6 +73,8 @@ TARGETS = {
     "gpu_frames_per_s": 500.0,  # batch mode on an NVIDIA H200
 }
 
+NETWORK_STAGE = "network (+ softmax, copy back)"
+
 # Where the end-to-end time goes: (stage, "module[:Class]", attribute). Wall time spent inside
 # these calls is summed per stage; they do not nest.
 STAGES: list[tuple[str, str, str]] = [
@@ -80,7 +82,7 @@ STAGES: list[tuple[str, str, str]] = [
     ("normalise + to model space", "cardioseg.preprocess", "normalize_intensity"),
     ("normalise + to model space", "cardioseg.geometry:ModelSpace", "image_to_model"),
     # every forward pass: stage 1's coarse grid, stage 2's crop, each test-time rotation, any precision
-    ("network (+ softmax, copy back)", "cardioseg.inference", "forward_probabilities"),
+    (NETWORK_STAGE, "cardioseg.inference", "forward_probabilities"),
     ("back to native + argmax", "cardioseg.geometry:ModelSpace", "probabilities_to_labels"),
     ("clean-up (largest component)", "cardioseg.inference", "clean_up_labels"),
     ("measure (volumes, ED/ES, QC)", "cardioseg.batch.measure", "frame_volumes"),
@@ -243,7 +245,7 @@ def markdown_table(results: dict[str, Any]) -> str:
     add(f"one study ({single.get('frames')} frames), end to end, s per frame", single.get("s_per_frame"))
     add(f"batch ({batch.get('studies')} studies, {batch.get('frames')} frames), s per frame", batch.get("s_per_frame"))
     add("batch, frames/s", batch.get("frames_per_s"))
-    add("network only, s per frame", net.get("s_per_frame"))
+    add("network only, one full-field pass (no stage 1, no rotations), s per frame", net.get("s_per_frame"))
     for stage, sec in (single.get("breakdown_s_per_frame") or {}).items():
         share = sec / single["s_per_frame"] if single.get("s_per_frame") else None
         add(f"· {stage}, s per frame", sec, f"({_fmt(100 * share, 2)} %)" if share is not None else "")
@@ -628,8 +630,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             sample = [model_slices(predictor, vol.data[..., t], vol.affine) for t in range(n_sample)]
             net = network_only(predictor, sample, repeats)
             syn["network_only"] = {"s_per_frame": net, "s_per_slice": net / shape[2], "frames": len(sample)}
-            syn["ratio_single"] = syn["single"]["s_per_frame"] / net
-            syn["ratio_batch"] = syn["batch"]["s_per_frame"] / net
+            # the overhead ratios divide by the network's own time inside the run (every pass predict
+            # makes: stage 1, the crop, each rotation), not by one full-field pass, which is less work
+            # than the two-stage, rotated default and made the ratio read high
+            in_run = syn["single"]["breakdown_s_per_frame"].get(NETWORK_STAGE) or net
+            syn["network_in_run_s_per_frame"] = in_run
+            syn["ratio_single"] = syn["single"]["s_per_frame"] / in_run
+            syn["ratio_batch"] = syn["batch"]["s_per_frame"] / in_run
 
         with _step("one `cardioseg predict` process"):
             env = dict(os.environ)
