@@ -18,7 +18,7 @@ CACHE=${2:-cache/acdc}
 CLI=${CARDIOSEG:-.venv/bin/cardioseg}
 PY=${PYTHON:-.venv/bin/python}
 "$CLI" train "$CACHE" -o "$RUN" --all-patients --epochs 120 --threads "${THREADS:-1}" --resume
-EXPORTED="$RUN/dmr-unet2d-acdc.pt"
+EXPORTED="$RUN/dmr-unet2d-acdc-all.pt"  # cardioseg train names an --all-patients run ...-acdc-all
 [ -f "$EXPORTED" ] || { echo "no exported weights in $RUN yet" >&2; exit 1; }
 "$PY" - "$EXPORTED" <<'PY'
 import json, shutil, sys
@@ -28,7 +28,8 @@ from cardioseg.weights import recommend_inference, sha256_file
 src = Path(sys.argv[1])
 dst = Path("cardioseg/weights/dmr-unet2d-acdc.pt")
 tmp = src.with_name("shipped.pt")
-recommend_inference(src, 160, True, "5-fold CV of the shipped recipe on the 100 ACDC patients (docs/cv100/README.md)", out=tmp)
+recommend_inference(src, 160, True, "5-fold CV of the shipped recipe on the 100 ACDC patients (docs/cv100/README.md)",
+                    out=tmp, name="dmr-unet2d-acdc")
 shutil.copyfile(tmp, dst)
 registry = Path("cardioseg/weights/registry.json")
 entries = json.loads(registry.read_text())

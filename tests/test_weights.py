@@ -241,9 +241,9 @@ def test_recommend_inference_keeps_the_parameters(tmp_path, tiny_weights_path):
 
     before = load_weights(tiny_weights_path)
     out = tmp_path / "shipped.pt"
-    digest = recommend_inference(tiny_weights_path, 32, True, "a test", out=out)
+    digest = recommend_inference(tiny_weights_path, 32, True, "a test", out=out, name="shipped-name")
     after = load_weights(out)
     assert digest == sha256_file(out) != before.file_sha256
     assert after.meta["inference"] == {"crop_px": 32, "tta": True, "chosen_by": "a test"}
-    assert after.meta["state_sha256"] == before.meta["state_sha256"]
+    assert after.meta["state_sha256"] == before.meta["state_sha256"] and after.name == "shipped-name"
     assert resolve_crop_px(None, after) == 32 and resolve_tta(None, after) is True

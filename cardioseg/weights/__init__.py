@@ -258,11 +258,14 @@ def export_weights(
     return sha256_file(Path(path))
 
 
-def recommend_inference(path: Path, crop_px: int, tta: bool, chosen_by: str, out: Path | None = None) -> str:
+def recommend_inference(
+    path: Path, crop_px: int, tta: bool, chosen_by: str, out: Path | None = None, name: str | None = None
+) -> str:
     """Record in a checkpoint how it should run by default (``meta["inference"]``: the two-stage
     crop and test-time rotations ``cardioseg predict`` then uses unless told otherwise) and what
-    chose that; the parameters are unchanged (same ``state_sha256``). Writes ``out`` (default:
-    ``path``, replaced atomically) and returns its sha256, for ``registry.json``."""
+    chose that; ``name``: the registry name it is shipped under. The parameters are unchanged
+    (same ``state_sha256``). Writes ``out`` (default: ``path``, replaced atomically) and returns
+    its sha256, for ``registry.json``."""
     import torch
 
     from cardioseg.io import atomic_path
@@ -270,6 +273,8 @@ def recommend_inference(path: Path, crop_px: int, tta: bool, chosen_by: str, out
     _load_verified(Path(path), None)  # a cardioseg checkpoint, intact
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     ckpt["inference"] = {"crop_px": int(crop_px), "tta": bool(tta), "chosen_by": str(chosen_by)}
+    if name is not None:
+        ckpt["name"] = name
     target = Path(out) if out is not None else Path(path)
     with atomic_path(target) as tmp:
         torch.save(ckpt, tmp)
