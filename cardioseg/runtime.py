@@ -129,9 +129,9 @@ GPU_BATCH_SIZE = 256
 
 
 CLEAN_UPS: dict[str, str] = {
-    "largest": "the largest 3D connected component of each structure",
-    "anatomy": "the components that make a heart: LV and myocardium of the largest LV+myocardium component, "
-    "the RV component beside the myocardium, holes in the LV cavity filled",
+    "largest": "the largest 3D component of each structure",
+    "anatomy": "the components that make a heart (LV and myocardium of the largest LV+myocardium component, "
+    "the RV beside the myocardium; holes in the LV filled)",
 }
 DEFAULT_CLEAN_UP = "anatomy"
 """The clean-up ``cardioseg predict`` and :class:`cardioseg.inference.PredictOptions` use by default."""
