@@ -86,3 +86,26 @@ def test_summary_table_rows_means_and_paired_p(tmp_path):
     assert float(other[2]) == pytest.approx(0.0078, abs=1e-4)  # 8 paired improvements: exact Wilcoxon
     assert ref[5] == "4.0" and other[5] == "2.0"  # LV EF absolute error
     assert other[-2] == "30.0" and other[-1].rstrip(" |") == "3"  # s/epoch, epochs
+
+
+def test_wall_thickness_benchmark_on_a_tiny_acdc_tree(tmp_path, small_phantom, capsys):
+    """By group from the expert labels, and predicted vs expert agreement (here the same masks)."""
+    import json
+
+    from conftest import save_nifti
+
+    wall = _load("wall_thickness")
+    p = small_phantom
+    for name, group in (("patient001", "HCM"), ("patient002", "NOR")):
+        folder = tmp_path / "acdc" / name
+        folder.mkdir(parents=True)
+        (folder / "Info.cfg").write_text(f"ED: 1\nES: 5\nGroup: {group}\nHeight: 170\nWeight: 70\n")
+        for n, t in ((1, 0), (5, 4)):
+            save_nifti(folder / f"{name}_frame{n:02d}_gt.nii.gz", p.labels[..., t], p.affine)
+    out = tmp_path / "wall"
+    # the expert reports are written first, so they can stand in for a predict output folder
+    assert wall.main([str(tmp_path / "acdc"), "--pred", str(out / "expert"), "--out", str(out)]) == 0
+    result = json.loads((out / "wall.json").read_text())
+    assert set(result["by_group"]) == {"HCM", "NOR"} and result["by_group"]["HCM"]["n"] == 1
+    assert result["max_thickness"]["n"] == 2 and result["max_thickness"]["mae"] == 0.0
+    assert "| HCM | 1 |" in capsys.readouterr().out
