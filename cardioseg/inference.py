@@ -56,6 +56,8 @@ class PredictOptions:
     # size around it; 0: the whole field in one stage; None: what the weights recommend (their "inference" entry)
     clean_up: str = DEFAULT_CLEAN_UP  # with postprocess: largest (3D component per label) | anatomy (see postprocess)
     tta: bool | None = None  # test-time augmentation: mean probabilities over 0/90/180/270 deg in-plane rotations
+    # which frames of a cine get the rotations: "key" (ED and ES, found on a pass without them) or "all"
+    tta_frames: str = "key"
     # (4x the network's work); None: what the weights recommend
 
 
@@ -156,6 +158,8 @@ def check_options(options: PredictOptions) -> None:
         raise ConfigError(f"--crop-px must be 0 (the full field) or a positive multiple of 16, got {options.crop_px}")
     if options.clean_up not in CLEAN_UPS:
         raise ConfigError(f"--clean-up {options.clean_up!r}: choose one of {', '.join(CLEAN_UPS)}")
+    if options.tta_frames not in ("key", "all"):
+        raise ConfigError(f"--tta-frames {options.tta_frames!r}: choose key (ED and ES) or all")
 
 
 class SegmenterBase:

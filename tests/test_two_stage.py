@@ -57,7 +57,7 @@ def test_no_heart_found_segments_the_full_field_and_is_flagged(tmp_path: Path, s
     full = cardioseg.predict(frame, tmp_path / "full", weights=tiny_weights_path, device="cpu")
     report = json.loads((tmp_path / "crop" / "f_report.json").read_text())
     assert "heart_not_localised" in report["qc_flags"] and "heart_not_localised" not in full[0].report["qc_flags"]
-    assert report["segmentation"] == {"crop_px": 32, "tta": False, "postprocess": "anatomy",
+    assert report["segmentation"] == {"crop_px": 32, "tta": False, "tta_frames": None, "postprocess": "anatomy",
                                       "localisation": {"found": False, "centre_world_mm": None, "heart_area_mm2": 0.0}}  # fmt: skip
     a, b = (cardioseg.read_volume(tmp_path / d / "f_seg.nii.gz").data for d in ("crop", "full"))
     np.testing.assert_array_equal(a, b)
@@ -131,7 +131,8 @@ def test_tta_agreement_is_reported_per_frame_and_flags_an_unsure_key_frame(tmp_p
     from cardioseg.batch.measure import tta_agreement_flags
 
     cine = save_nifti(tmp_path / "in" / "c.nii.gz", small_phantom.image[..., :3], small_phantom.affine)
-    (result,) = cardioseg.predict(cine, tmp_path / "out", weights=tiny_weights_path, device="cpu", tta=True)
+    (result,) = cardioseg.predict(cine, tmp_path / "out", weights=tiny_weights_path, device="cpu", tta=True,
+                                  tta_frames="all")  # fmt: skip
     agreement = result.report["segmentation"]["tta_agreement"]
     assert len(agreement) == 3 and all(0.0 <= a <= 1.0 for a in agreement)
     assert tta_agreement_flags([0.99, 0.5, 0.99], 0, 2) == []  # frame 1 is neither ED nor ES
@@ -169,3 +170,40 @@ def test_low_tta_agreement_limit_is_chosen_for_the_worst_structure() -> None:
     (flag,) = tta_agreement_flags([0.99, 0.91], 0, 1)
     assert "frame 1 (0.91)" in flag.message and "least consistent structure" in flag.message
     assert tta_agreement_flags([0.99, 0.93], 0, 1, QcLimits(tta_agreement_min=0.95)) != []
+
+
+def test_a_cine_rotates_its_ed_and_es_frames_only(tmp_path: Path, small_phantom, tiny_weights_path, monkeypatch) -> None:
+    """--tta-frames key (the default): ED and ES get the rotated masks every-frame rotation gives
+    them, the other frames the unrotated ones, in far fewer forward passes; reported as such."""
+    import nibabel as nib
+
+    import cardioseg
+    from cardioseg import inference
+
+    cine = save_nifti(tmp_path / "in" / "c.nii.gz", small_phantom.image[..., :6], small_phantom.affine)
+    passes = []
+    real = inference.forward_probabilities
+
+    def counting(model, batches, *args, **kwargs):
+        batches = list(batches)
+        passes.append(sum(len(b) for b in batches))
+        return real(model, batches, *args, **kwargs)
+
+    monkeypatch.setattr(inference, "forward_probabilities", counting)
+    runs = {}
+    for name, kwargs in (("key", {"tta": True}), ("all", {"tta": True, "tta_frames": "all"}), ("none", {"tta": False})):
+        passes.clear()
+        (result,) = cardioseg.predict(cine, tmp_path / name, weights=tiny_weights_path, device="cpu", crop_px=0, **kwargs)
+        mask = np.asarray(nib.load(str(tmp_path / name / "c_seg.nii.gz")).dataobj)
+        runs[name] = (result.report, mask, sum(passes))
+    report, key, key_slices = runs["key"]
+    keys = sorted({report["ed_frame"], report["es_frame"]})
+    others = [t for t in range(6) if t not in keys]
+    assert np.array_equal(key[..., keys], runs["all"][1][..., keys])
+    assert np.array_equal(key[..., others], runs["none"][1][..., others])
+    assert key_slices == runs["none"][2] + 4 * runs["none"][2] * len(keys) // 6 < runs["all"][2]
+    seg = report["segmentation"]
+    assert seg["tta_frames"] == "key" and runs["all"][0]["segmentation"]["tta_frames"] == "all"
+    written = json.loads((tmp_path / "key" / "c_report.json").read_text())["segmentation"]["tta_agreement"]
+    assert [a is None for a in written] == [t not in keys for t in range(6)]  # not rotated: null
+    assert runs["none"][0]["segmentation"]["tta_frames"] is None

@@ -22,7 +22,7 @@ from cardioseg._version import __version__
 
 __all__ = ["PREDICT_KEYS", "STUDY_KEYS", "changed_settings", "make_fingerprint"]
 
-PREDICT_KEYS = ("crop_px", "tta", "clean_up", "postprocess", "lcc_tolerance_mm", "ensemble")
+PREDICT_KEYS = ("crop_px", "tta", "tta_frames", "clean_up", "postprocess", "lcc_tolerance_mm", "ensemble")
 STUDY_KEYS = ("myo_density_g_ml", "ed_frame", "es_frame", "height_cm", "weight_kg", "series_uid")
 
 # how a changed setting is named in the note ("2 recomputed: weights changed")

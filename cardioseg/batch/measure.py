@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -37,9 +37,12 @@ def measure_study(
     study: Study, volumes: list[Volume], masks: list[np.ndarray], label_map: LabelMap, options: StudyOptions,
     localisation: Localisation | None = None,
     agreement: list[float] | None = None,
+    detected: tuple[int, int] | None = None,
 ) -> Measurements:
     """Volumes of every frame, ED/ES, the clinical measures and the QC flags of a segmented study
-    (``study.kind`` already FRAME, CINE or PAIR). Raises QcError for a flag under ``--strict``."""
+    (``study.kind`` already FRAME, CINE or PAIR). ``detected``: a cine's ED and ES frames as found
+    on a first pass (``predict_cine_key_frames``), used instead of finding them on these masks.
+    Raises QcError for a flag under ``--strict``."""
     height = options.height_cm if options.height_cm is not None else study.height_cm
     weight = options.weight_kg if options.weight_kg is not None else study.weight_kg
     if study.kind is StudyKind.CINE:
@@ -47,7 +50,7 @@ def measure_study(
         per_frame = [frame_volumes(masks[0][..., t], vol.voxel_volume_ml, label_map) for t in range(vol.n_frames)]
     else:
         per_frame = [frame_volumes(m, v.voxel_volume_ml, label_map) for m, v in zip(masks, volumes)]
-    ed_i, es_i, overridden = _choose_ed_es(study, per_frame, options)
+    ed_i, es_i, overridden = _choose_ed_es(study, per_frame, options, detected)
     if ed_i is None or es_i is None:
         measures: dict[str, float | None] = {
             "lv_ml": per_frame[0].lv_ml, "rv_ml": per_frame[0].rv_ml, "myo_ml": per_frame[0].myo_ml,
@@ -102,7 +105,7 @@ def _rates(per_frame: list[FrameVolumes], ed: int, es: int, cine: Volume, warnin
 
 
 def _choose_ed_es(
-    study: Study, per_frame: list[FrameVolumes], options: StudyOptions
+    study: Study, per_frame: list[FrameVolumes], options: StudyOptions, detected: tuple[int, int] | None = None
 ) -> tuple[int | None, int | None, bool]:
     """(ED index, ES index, whether both were given rather than detected from the LV curve)."""
     if study.kind is StudyKind.FRAME:
@@ -110,12 +113,20 @@ def _choose_ed_es(
     if study.kind is StudyKind.PAIR:
         return 0, 1, True
     n = len(per_frame)
-    detected_ed, detected_es = detect_ed_es(per_frame)
+    detected_ed, detected_es = detected if detected is not None else detect_ed_es(per_frame)
     ed = options.ed_frame if options.ed_frame is not None else study.ed_frame
     es = options.es_frame if options.es_frame is not None else study.es_frame
     check_frame_indices(ed, es, n)
     overridden = ed is not None and es is not None
     return (detected_ed if ed is None else ed), (detected_es if es is None else es), overridden
+
+
+def ed_es_frames(study: Study, per_frame: list[FrameVolumes], options: StudyOptions) -> tuple[int, int]:
+    """A cine's (ED, ES) frames: given (``--ed-frame``/``--es-frame``, Info.cfg), else the
+    largest and smallest LV cavity of ``per_frame``."""
+    ed, es, _ = _choose_ed_es(replace(study, kind=StudyKind.CINE), per_frame, options)
+    assert ed is not None and es is not None
+    return ed, es
 
 
 def check_frame_indices(ed: int | None, es: int | None, n: int) -> None:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cardioseg._version import __version__
-from cardioseg.batch.measure import Measurements, check_frame_indices, measure_study
+from cardioseg.batch.measure import Measurements, check_frame_indices, ed_es_frames, measure_study
 from cardioseg.batch.outputs import bullseye_path, dicom_seg_path, output_paths, overlay_path, refresh_summary
 from cardioseg.batch.segmenter import Segmenter
 from cardioseg.batch.studies import BatchInterrupted, Study, StudyKind, StudyOptions, StudyResult
@@ -104,14 +104,17 @@ def study_report(
 def segmentation_report(
     predictor: Segmenter, localisation: Localisation | None, agreement: list[float] | None = None
 ) -> dict[str, Any]:
-    """How the masks were made: the crop (0: the full field), test-time rotations and how much
-    they agreed per frame, the clean-up, stage 1's finding."""
+    """How the masks were made: the crop (0: the full field), test-time rotations (on which frames:
+    ``tta_frames``, "key" for a cine's ED and ES only) and how much they agreed per frame, the
+    clean-up, stage 1's finding."""
     o = predictor.options
-    out = {
-        "crop_px": predictor.crop_px, "tta": predictor.tta, "postprocess": o.clean_up if o.postprocess else "none",
+    rotated = ("key" if key_frame_rotations(predictor) else "all") if predictor.tta else None
+    out: dict[str, Any] = {
+        "crop_px": predictor.crop_px, "tta": predictor.tta, "tta_frames": rotated,
+        "postprocess": o.clean_up if o.postprocess else "none",
         "localisation": localisation.as_dict() if localisation is not None else None,
     }  # fmt: skip
-    if agreement is not None:
+    if agreement is not None:  # NaN (null in the file) for the frames a cine did not rotate
         out["tta_agreement"] = [round(a, 4) for a in agreement]
     return out
 
@@ -160,6 +163,46 @@ def write_study(
     return written
 
 
+def key_frame_rotations(predictor: Segmenter) -> bool:
+    """Whether a cine gets its test-time rotations on the ED and ES frames only: with rotations
+    on, for one model (``Predictor``; an ensemble's members rotate on their own) and unless
+    ``PredictOptions.tta_frames`` is "all"."""
+    from cardioseg.inference import Predictor
+
+    return isinstance(predictor, Predictor) and predictor.tta and predictor.options.tta_frames == "key"
+
+
+def predict_cine_key_frames(
+    study: Study, cine: Volume, predictor: Segmenter, options: StudyOptions, localisation: Localisation | None,
+    on_frame: Callable[[int], Any] | None,
+) -> tuple[np.ndarray, list[float], tuple[int, int]]:
+    """A cine's labels with the test-time rotations spent where the numbers come from: every
+    frame once without them (the volume curve that finds ED and ES), then the ED and ES frames
+    again with them, replacing those frames. A 30-frame cine costs 38 forward passes instead of
+    120; its EDV, ESV, EF and mass come from the same rotated masks as with every frame rotated.
+    Returns the labels, the rotations' agreement per frame (NaN where not rotated) and the
+    (ED, ES) frames found on the first pass (given ones when ``--ed-frame``/``--es-frame`` or
+    Info.cfg name them)."""
+    from cardioseg.clinical import frame_volumes
+    from cardioseg.inference import Predictor
+
+    assert isinstance(predictor, Predictor)  # key_frame_rotations(predictor)
+    predictor.tta = False
+    try:
+        mask = predictor.predict(cine.data, cine.affine, on_frame=on_frame, localisation=localisation)
+    finally:
+        predictor.tta = True
+    per_frame = [frame_volumes(mask[..., t], cine.voxel_volume_ml, predictor.label_map) for t in range(cine.n_frames)]
+    ed, es = ed_es_frames(study, per_frame, options)
+    keys = sorted({ed, es})
+    rotated: dict[str, Any] = {}
+    mask[..., keys] = predictor.predict(cine.data[..., keys], cine.affine, localisation=localisation, stats=rotated)
+    agreement = [float("nan")] * cine.n_frames
+    for t, a in zip(keys, rotated.get("tta_agreement") or []):
+        agreement[t] = a
+    return mask, agreement, (ed, es)
+
+
 def write_bullseye_of(report: dict[str, Any], out_dir: Path, name: str) -> list[Path]:
     """``<study>_bullseye.png`` from the report's AHA wall thickness (ED) and thickening, when
     any segment was measured; ``[]`` otherwise."""
@@ -195,12 +238,18 @@ def run_study(
         study = replace(study, kind=StudyKind.CINE if volumes[0].is_cine else StudyKind.FRAME)
     # to model space -> infer -> back to native -> clean up  (inside the Segmenter)
     stats: dict[str, Any] = {}
+    detected: tuple[int, int] | None = None
     if masks is None:
         localisation = predictor.localise(volumes[0].data, volumes[0].affine)
-        masks = [predictor.predict(v.data, v.affine, on_frame=on_frame, localisation=localisation, stats=stats)
-                 for v in volumes]  # fmt: skip
+        if study.kind is StudyKind.CINE and key_frame_rotations(predictor):
+            mask, agreement_4d, detected = predict_cine_key_frames(
+                study, volumes[0], predictor, options, localisation, on_frame)  # fmt: skip
+            masks, stats["tta_agreement"] = [mask], agreement_4d
+        else:
+            masks = [predictor.predict(v.data, v.affine, on_frame=on_frame, localisation=localisation, stats=stats)
+                     for v in volumes]  # fmt: skip
     agreement = stats.get("tta_agreement") or None
-    m = measure_study(study, volumes, masks, predictor.label_map, options, localisation, agreement)
+    m = measure_study(study, volumes, masks, predictor.label_map, options, localisation, agreement, detected)
     if options.dicom_seg and (volumes[0].meta.source != "dicom" or study.kind is StudyKind.PAIR):
         m.warnings.append("no DICOM-SEG written (--dicom-seg): the input is not one DICOM series")
     mask_paths = output_paths(study, out_dir)[: len(volumes)]
