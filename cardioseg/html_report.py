@@ -29,7 +29,7 @@ from typing import Any
 from urllib.parse import quote
 
 from cardioseg._version import __version__
-from cardioseg.batch.outputs import HTML_NAME, OVERLAY_SUFFIX, REPORT_SUFFIX, SUMMARY_NAME
+from cardioseg.batch.outputs import HTML_NAME, OVERLAY_SUFFIX, SUMMARY_NAME, report_listing
 from cardioseg.console import QC_COLUMNS
 from cardioseg.errors import CardiosegError
 from cardioseg.io import temp_target, write_text_atomic
@@ -431,17 +431,6 @@ def render_html(out_dir: Path, entries: list[_Entry]) -> str:
     ])  # fmt: skip
 
 
-def _report_listing(folder: Path) -> dict[str, tuple[int, int]]:
-    """``{name: (mtime_ns, size)}`` of the ``*_report.json`` files in ``folder`` (hidden temps excluded)."""
-    out: dict[str, tuple[int, int]] = {}
-    with os.scandir(folder) as it:
-        for e in it:
-            if e.name.endswith(REPORT_SUFFIX) and not e.name.startswith(".") and e.is_file():
-                st = e.stat()
-                out[e.name] = (st.st_mtime_ns, st.st_size)
-    return out
-
-
 def _read_entries(folder: Path, listing: dict[str, tuple[int, int]]) -> list[_Entry]:
     """The readable reports (one per study; the last by file name wins, as in ``summary.csv``)."""
     by_study: dict[str, _Entry] = {}
@@ -471,10 +460,10 @@ def write_html_report(out_dir: Path, max_rounds: int = 10, stale_temp_s: float =
                     (folder / name).unlink()
             except FileNotFoundError:
                 pass
-    listing = _report_listing(folder)
+    listing = report_listing(folder)
     for _ in range(max_rounds):
         write_text_atomic(render_html(folder, _read_entries(folder, listing)), path)
-        again = _report_listing(folder)
+        again = report_listing(folder)
         if again == listing:
             break
         listing = again

@@ -30,7 +30,7 @@ import numpy as np
 from cardioseg.batch.measure import measure_study
 from cardioseg.batch.outputs import REPORT_SUFFIX, refresh_summary, report_path
 from cardioseg.batch.planning import check_output_name, is_pattern
-from cardioseg.batch.run import unexpected_error, write_bullseye_of
+from cardioseg.batch.run import check_pair, unexpected_error, write_bullseye_of
 from cardioseg.batch.studies import Study, StudyKind, StudyOptions, StudyResult
 from cardioseg.errors import CardiosegError, ConfigError, InputFileNotFoundError, UnsupportedInputError
 from cardioseg.io import (
@@ -212,11 +212,7 @@ def measure_one(study: Study, out_dir: Path, options: MeasureOptions) -> StudyRe
         raise UnsupportedInputError(study.problem)
     volumes = [read_mask(p, options.label_map, options.study.max_voxels) for p in study.paths]
     if study.kind is StudyKind.PAIR:
-        for role, v in zip(("ED", "ES"), volumes):
-            if v.is_cine:
-                raise ConfigError(f'the {role} mask "{v.path}" is 4D; give one 3D mask per phase (or the 4D mask alone)')
-        if volumes[0].data.shape != volumes[1].data.shape:
-            raise ConfigError(f"ED and ES masks differ in shape {volumes[0].data.shape} vs {volumes[1].data.shape}")
+        check_pair(volumes, ("the ED mask", "the ES mask"), "is 4D; give one 3D mask per phase (or the 4D mask alone)", "masks")
     else:
         study = replace(study, kind=StudyKind.CINE if volumes[0].is_cine else StudyKind.FRAME)
     masks = [v.data for v in volumes]

@@ -164,7 +164,7 @@ def prepare_out_dir(out_dir: Path, studies: list[Study], html: bool = False) -> 
 # ---------------------------------------------------------------------------- summary.csv
 
 
-def _report_listing(folder: Path) -> dict[str, tuple[int, int]]:
+def report_listing(folder: Path) -> dict[str, tuple[int, int]]:
     """``{name: (mtime_ns, size)}`` of the ``*_report.json`` files in ``folder`` (hidden temps excluded)."""
     out: dict[str, tuple[int, int]] = {}
     with os.scandir(folder) as it:
@@ -195,7 +195,7 @@ def write_summary(folder: Path, max_rounds: int = 10, stale_temp_s: float = 3600
                     stale.unlink()
             except FileNotFoundError:
                 pass
-    listing = _report_listing(folder)
+    listing = report_listing(folder)
     for _ in range(max_rounds):
         if not listing:
             return None
@@ -213,7 +213,7 @@ def write_summary(folder: Path, max_rounds: int = 10, stale_temp_s: float = 3600
         for study in sorted(rows):
             writer.writerow(rows[study])
         write_text_atomic(buf.getvalue(), path)
-        again = _report_listing(folder)
+        again = report_listing(folder)
         if again == listing:
             break
         listing = again

@@ -49,14 +49,19 @@ def read_study(study: Study, options: StudyOptions) -> list[Volume]:
         raise UnsupportedInputError(study.problem)
     volumes = [read_volume(p, options.max_voxels, options.series_uid) for p in study.paths]
     if study.kind is StudyKind.PAIR:
-        for role, v in zip(("--ed", "--es"), volumes):
-            if v.is_cine:
-                raise ConfigError(f'{role} "{v.path}" is a 4D cine; give one 3D frame (or pass the cine alone)')
-        if volumes[0].data.shape != volumes[1].data.shape:
-            raise ConfigError(f"ED and ES frames differ in shape {volumes[0].data.shape} vs {volumes[1].data.shape}")
+        check_pair(volumes, ("--ed", "--es"), "is a 4D cine; give one 3D frame (or pass the cine alone)", "frames")
     if study.kind is not StudyKind.PAIR and volumes[0].is_cine:  # checked from the header, before any inference
         check_frame_indices(options.ed_frame, options.es_frame, volumes[0].n_frames)
     return volumes
+
+
+def check_pair(volumes: list[Volume], roles: tuple[str, str], if_4d: str, what: str) -> None:
+    """ConfigError for an ED/ES pair with a 4D member (``{role} "{path}" {if_4d}``) or of two shapes."""
+    for role, v in zip(roles, volumes):
+        if v.is_cine:
+            raise ConfigError(f'{role} "{v.path}" {if_4d}')
+    if volumes[0].data.shape != volumes[1].data.shape:
+        raise ConfigError(f"ED and ES {what} differ in shape {volumes[0].data.shape} vs {volumes[1].data.shape}")
 
 
 def study_report(
