@@ -108,6 +108,20 @@ def cpu_model(cpuinfo: str) -> str:
     return ""
 
 
+ISA_ENV = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
+ISA_CAPS = {"avx2": ("AVX2", "avx2"), "avx512": ("AVX512_CORE", "avx512")}  # --isa: values of ISA_ENV
+
+
+def isa_capped(isa: str, env: dict[str, str] | None = None) -> bool:
+    """True when the environment already holds ``--isa``'s caps.
+
+    >>> isa_capped("avx2", {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}), isa_capped("avx2", {})
+    (True, False)
+    """
+    env = dict(os.environ) if env is None else env
+    return all(env.get(k) == v for k, v in zip(ISA_ENV, ISA_CAPS[isa]))
+
+
 def cpu_class(flags: set[str] | list[str], machine: str) -> str:
     """The CPU's class for the speed tables: AMX, AVX-512-BF16, AVX-512, AVX2, ARM or other.
 
@@ -336,6 +350,10 @@ def machine_info(device: str) -> dict[str, Any]:
     flags = set(re.findall(r"\b(amx_bf16|amx_tile|avx512_bf16|avx512f|avx2)\b", cpuinfo))
     info["cpu_flags"] = sorted(flags)
     info["cpu_class"] = cpu_class(flags, platform.machine())
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    if cap:  # --isa: torch's kernels capped below what the CPU has
+        info["isa_cap"] = {k: os.environ.get(k) for k in ISA_ENV}
+        info["cpu_class"] = f"{cap.upper()} cap on {info['cpu_class']}"
     if device.startswith("cuda") and torch.cuda.is_available():
         index = torch.device(device).index or 0
         props = torch.cuda.get_device_properties(index)
@@ -729,7 +747,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="small inputs, one repeat: checks that everything runs")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     ap.add_argument("--write-readme", action="store_true", help=f"put the table into {README.relative_to(ROOT)}")
+    ap.add_argument(
+        "--isa",
+        choices=sorted(ISA_CAPS),
+        default=None,
+        help="cap torch's CPU kernels at this instruction set (oneDNN and ATen): an AVX2 machine's code path "
+        "on a larger CPU; its clock, cores and caches stay this machine's",
+    )
     args = ap.parse_args(argv)
+    if args.isa and not isa_capped(args.isa):
+        # the caps are read when torch loads: run again with them in the environment (the CLI child inherits it)
+        os.environ.update(dict(zip(ISA_ENV, ISA_CAPS[args.isa])))
+        os.execv(sys.executable, [sys.executable, str(Path(__file__).resolve()), *(sys.argv[1:] if argv is None else argv)])
 
     results = run(args)
     table = markdown_table(results)

@@ -62,6 +62,23 @@ class PredictOptions:
 
 
 ENSEMBLE_MODES = ("vote", "mean")
+
+CROP_EDGE_PX = 2  # stage 2's crop is cut through the heart when its outer ring of this width ...
+CROP_EDGE_MIN_PX = 10  # ... holds at least this many foreground pixels (all slices together)
+
+
+def cut_by_crop(labels: np.ndarray, ring_px: int = CROP_EDGE_PX, min_px: int = CROP_EDGE_MIN_PX) -> bool:
+    """True when (S, H, W) model-space labels put at least ``min_px`` foreground pixels in the
+    outer ``ring_px`` of the grid: the heart (or what the network took for it) runs out of the
+    crop, and the frame is segmented again on the weights' whole grid around the same centre.
+
+    >>> labels = np.zeros((2, 16, 16), np.uint8); labels[:, 4:12, 4:12] = 1
+    >>> cut_by_crop(labels), cut_by_crop(np.pad(labels[:, 4:, 4:], ((0, 0), (0, 4), (0, 4)), constant_values=0))
+    (False, True)
+    """
+    fg = labels > 0
+    inner = int(fg[:, ring_px:-ring_px, ring_px:-ring_px].sum())
+    return int(fg.sum()) - inner >= min_px
 Frame = tuple[np.ndarray, np.ndarray]
 """One stored 3D frame and its affine."""
 Centre: TypeAlias = "np.ndarray | None"
@@ -174,6 +191,7 @@ class SegmenterBase:
     crop_px: int = 0  # resolved: 0 (one stage, the whole field) or the crop of stage 2
     tta: bool = False  # resolved: test-time rotations on or off
     _agreement: list[float] | None = None  # per frame, while predict() collects it (Predictor only)
+    _crops: list[int] | None = None  # per frame, the grid stage 2 used (0: the full field), while predict() collects it
 
     def predict_frame(self, frame: np.ndarray, affine: np.ndarray, centre: Centre = None) -> np.ndarray:
         raise NotImplementedError
@@ -221,7 +239,9 @@ class SegmenterBase:
         With ``options.crop_px``, every frame is segmented on a crop centred on
         ``localisation`` (default: :meth:`localise` of this input); without a heart found, on
         the full field. ``stats``: with test-time rotations, ``stats["tta_agreement"]`` gets
-        one number per frame (see :func:`tta_agreement`)."""
+        one number per frame (see :func:`tta_agreement`); ``stats["crop_px"]`` gets the grid
+        each frame was segmented on (the crop, the whole grid where the crop cut the heart:
+        :func:`cut_by_crop`; 0 for the full field)."""
         frames = frames_of(data, affine)
         if localisation is None:
             localisation = self.localise(data, affine)
@@ -229,9 +249,14 @@ class SegmenterBase:
         collect = stats is not None and self.tta
         if collect:
             self._agreement = []
+        if stats is not None:
+            self._crops = []
         try:
             masks = self.predict_many(frames, on_frame, [centre] * len(frames))
         finally:
+            if stats is not None and self._crops is not None:
+                stats.setdefault("crop_px", []).extend(self._crops)
+            self._crops = None
             if collect and stats is not None:
                 stats.setdefault("tta_agreement", []).extend(self._agreement or [])
                 self._agreement = None
@@ -354,19 +379,47 @@ class Predictor(SegmenterBase):
         """What the study report says about the weights: ``{"name", "sha256"}``."""
         return {"name": self.weights.name, "sha256": self.weights.file_sha256}
 
-    def to_model(self, frame: np.ndarray, affine: np.ndarray, centre: Centre = None) -> tuple[ModelSpace, np.ndarray]:
+    def to_model(
+        self, frame: np.ndarray, affine: np.ndarray, centre: Centre = None, crop_px: int | None = None
+    ) -> tuple[ModelSpace, np.ndarray]:
         """One stored 3D frame -> (its ModelSpace, (S, fov, fov) normalised model-space slices);
-        with ``centre`` and ``options.crop_px``, a ``crop_px`` grid centred there."""
-        if centre is None or self.crop_px <= 0:
+        with ``centre`` and ``options.crop_px`` (or ``crop_px``), a grid of that size centred there."""
+        crop = self.crop_px if crop_px is None else crop_px
+        if centre is None or crop <= 0:
             return image_to_model(frame, affine, self.config)
-        return image_to_model(frame, affine, replace(self.config, fov_px=self.crop_px), centre)
+        return image_to_model(frame, affine, replace(self.config, fov_px=crop), centre)
 
     def model_probabilities(
         self, frame: np.ndarray, affine: np.ndarray, centre: Centre = None
     ) -> tuple[ModelSpace, np.ndarray]:
-        """One stored 3D frame -> (its ModelSpace, (S, C, fov, fov) float32 model-space probabilities)."""
+        """One stored 3D frame -> (its ModelSpace, (S, C, fov, fov) float32 model-space probabilities),
+        on the whole grid around ``centre`` where the crop cuts the heart (:func:`cut_by_crop`)."""
         space, slices = self.to_model(frame, affine, centre)
-        return space, self.slice_probabilities(slices)
+        probs = self.slice_probabilities(slices)
+        index = len(self._agreement) - 1 if self._agreement is not None else -1
+        return self._grow_if_cut(frame, affine, centre, space, probs, index)
+
+    def _grow_if_cut(
+        self, frame: np.ndarray, affine: np.ndarray, centre: Centre, space: ModelSpace, probs: np.ndarray, index: int
+    ) -> tuple[ModelSpace, np.ndarray]:
+        """Stage 2's (space, probabilities) of a frame, or, when its crop cut the heart, those of
+        the weights' whole grid around the same centre (its rotations' agreement replacing entry
+        ``index`` of the one being collected); records the grid used while ``predict`` collects."""
+        crop = self.crop_px if centre is not None and self.crop_px > 0 else 0
+        if 0 < crop < self.config.fov_px and cut_by_crop(probs.argmax(axis=1)):
+            crop = self.config.fov_px
+            saved = self._agreement
+            self._agreement = [] if saved is not None else None
+            try:
+                space, slices = self.to_model(frame, affine, centre, crop_px=crop)
+                probs = self._probabilities([slices], slices.shape[1:])
+            finally:
+                grown, self._agreement = self._agreement, saved
+            if saved is not None and grown and 0 <= index < len(saved):
+                saved[index] = grown[0]
+        if self._crops is not None:
+            self._crops.append(crop)
+        return space, probs
 
     def native_probabilities(self, frame: np.ndarray, affine: np.ndarray, centre: Centre = None) -> np.ndarray:
         """One stored 3D frame (X, Y, Z) -> (C, X, Y, Z) float32 class probabilities on its voxel grid."""
@@ -396,12 +449,14 @@ class Predictor(SegmenterBase):
             return super().predict_frames(frames, on_frame, centres)
         if not prepared:
             return []
+        first = len(self._agreement) if self._agreement is not None else 0
         probs = self._probabilities([slices for _, slices in prepared], prepared[0][1].shape[1:])
         out = []
         start = 0
-        for i, ((space, slices), (_, affine)) in enumerate(zip(prepared, frames)):
+        for i, ((space, slices), (frame, affine)) in enumerate(zip(prepared, frames)):
             part = probs[start : start + len(slices)]
             start += len(slices)
+            space, part = self._grow_if_cut(frame, affine, centres[i], space, part, first + i)
             out.append(clean_up_labels(space.probabilities_to_labels(part), affine, self.label_map, self.options))
             if on_frame:
                 on_frame(i)

@@ -85,10 +85,33 @@ def resolve_device(spec: str = "auto") -> str:
     raise ConfigError(f"--device {spec!r}: choose auto, cpu, cuda or cuda:N")
 
 
+# caps below AVX-512, where bf16 is emulated (about 0.3 GFLOP/s on AVX2): exact names, prefixes
+_NO_BF16_ISAS = ("default", "avx")
+_NO_BF16_ISA_PREFIXES = ("sse", "avx2")
+
+
+def isa_limited(env: Mapping[str, str] | None = None) -> bool:
+    """True when the environment caps torch's CPU kernels below AVX-512 (``ATEN_CPU_CAPABILITY``
+    or oneDNN's ``ONEDNN_MAX_CPU_ISA``), so that native bf16 is out of reach whatever the CPU has.
+
+    >>> isa_limited({"ONEDNN_MAX_CPU_ISA": "AVX2"}), isa_limited({"ATEN_CPU_CAPABILITY": "avx512"}), isa_limited({})
+    (True, False, False)
+    """
+    env = os.environ if env is None else env
+    for key in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        value = env.get(key, "").strip().lower()
+        if value in _NO_BF16_ISAS or value.startswith(_NO_BF16_ISA_PREFIXES):
+            return True
+    return False
+
+
 def cpu_supports_bf16() -> bool:
-    """True when the CPU has native bf16 (AVX-512 BF16 or AMX), where bf16 autocast pays off."""
+    """True when the CPU has native bf16 (AVX-512 BF16 or AMX), where bf16 autocast pays off,
+    and the environment does not cap the instruction set below it (``isa_limited``)."""
     import torch
 
+    if isa_limited():
+        return False
     for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
         fn = getattr(torch.cpu, probe, None)
         try:

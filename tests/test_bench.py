@@ -271,3 +271,18 @@ def test_stage_timer_sees_the_network_on_the_path_predict_takes(tmp_path, small_
     assert result.error is None and timer.missing == []
     assert timer.seconds["network (+ softmax, copy back)"] > 0
     assert timer.seconds["read"] > 0 and timer.seconds["write NIfTI"] > 0
+
+
+def test_isa_cap_is_recorded_and_turns_auto_to_fp32(monkeypatch):
+    """``--isa avx2`` runs the bench again with the caps in the environment: the machine record
+    names the cap, and ``auto`` precision no longer picks bf16 (emulated under AVX2)."""
+    assert bench.isa_capped("avx2", {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"})
+    assert not bench.isa_capped("avx2", {"ONEDNN_MAX_CPU_ISA": "AVX2"})
+    for key, value in zip(bench.ISA_ENV, bench.ISA_CAPS["avx2"]):
+        monkeypatch.setenv(key, value)
+    info = bench.machine_info("cpu")
+    assert info["isa_cap"] == {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+    assert info["cpu_class"].startswith("AVX2 cap on ")
+    from cardioseg.runtime import resolve_precision
+
+    assert resolve_precision("auto", "cpu") == "fp32"

@@ -9,7 +9,7 @@ import torch
 from cardioseg.ensemble import Ensemble
 from cardioseg.errors import CardiosegError, ConfigError
 from cardioseg.inference import PredictOptions, Predictor
-from cardioseg.runtime import cpu_supports_bf16, resolve_device, resolve_precision
+from cardioseg.runtime import cpu_supports_bf16, isa_limited, resolve_device, resolve_precision
 
 
 @pytest.fixture(scope="module")
@@ -167,6 +167,30 @@ def test_resolve_precision():
     assert resolve_precision("auto", "cpu") == ("bf16" if cpu_supports_bf16() else "fp32")
     with pytest.raises(ConfigError):
         resolve_precision("fp8", "cpu")
+
+
+@pytest.mark.parametrize(
+    ("env", "limited"),
+    [
+        ({"ONEDNN_MAX_CPU_ISA": "AVX2"}, True),
+        ({"ATEN_CPU_CAPABILITY": "avx2"}, True),
+        ({"DNNL_MAX_CPU_ISA": "SSE41"}, True),
+        ({"ATEN_CPU_CAPABILITY": "default"}, True),
+        ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"}, False),
+        ({"ATEN_CPU_CAPABILITY": "avx512"}, False),
+        ({"ONEDNN_MAX_CPU_ISA": "AVX10_1_512"}, False),
+        ({}, False),
+    ],
+)
+def test_an_instruction_set_cap_below_avx512_means_no_native_bf16(monkeypatch, env, limited):
+    assert isa_limited(env) is limited
+    for key in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    if limited:  # whatever the CPU has, auto must not pick an emulated bf16
+        assert not cpu_supports_bf16()
+        assert resolve_precision("auto", "cpu") == "fp32"
 
 
 # ---------------------------------------------------------------------------- ensembles

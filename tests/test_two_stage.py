@@ -4,6 +4,7 @@ segments a crop around it; the crop's grid maps back exactly like the full field
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -58,12 +59,14 @@ def test_no_heart_found_segments_the_full_field_and_is_flagged(tmp_path: Path, s
     report = json.loads((tmp_path / "crop" / "f_report.json").read_text())
     assert "heart_not_localised" in report["qc_flags"] and "heart_not_localised" not in full[0].report["qc_flags"]
     assert report["segmentation"] == {"crop_px": 32, "tta": False, "tta_frames": None, "postprocess": "anatomy",
-                                      "localisation": {"found": False, "centre_world_mm": None, "heart_area_mm2": 0.0}}  # fmt: skip
+                                      "localisation": {"found": False, "centre_world_mm": None, "heart_area_mm2": 0.0},
+                                      "crop_grown_frames": []}  # fmt: skip
     a, b = (cardioseg.read_volume(tmp_path / d / "f_seg.nii.gz").data for d in ("crop", "full"))
     np.testing.assert_array_equal(a, b)
 
 
 def test_a_cine_is_located_once_and_every_frame_is_cropped_around_that_point(small_phantom, tiny_weights, monkeypatch) -> None:
+    monkeypatch.setattr("cardioseg.inference.cut_by_crop", lambda labels: False)  # the random network labels everywhere
     calls: list[int] = []
     predictor = Predictor(tiny_weights, PredictOptions(device="cpu", precision="fp32", crop_px=32))
     centre = tuple(float(c) for c in small_phantom.affine[:3, :3] @ [24, 24, 2] + small_phantom.affine[:3, 3])
@@ -207,3 +210,54 @@ def test_a_cine_rotates_its_ed_and_es_frames_only(tmp_path: Path, small_phantom,
     written = json.loads((tmp_path / "key" / "c_report.json").read_text())["segmentation"]["tta_agreement"]
     assert [a is None for a in written] == [t not in keys for t in range(6)]  # not rotated: null
     assert runs["none"][0]["segmentation"]["tta_frames"] is None
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_a_frame_whose_crop_cuts_the_heart_is_segmented_again_on_the_whole_grid(small_phantom, tiny_weights, monkeypatch, tta) -> None:
+    """Where stage 2's labels run into the crop's outer ring, that frame is segmented on the
+    weights' whole grid around the same centre: the same labels and rotations' agreement as
+    asking for that grid, and the grid of each frame is recorded."""
+    from cardioseg import inference
+
+    data, affine = small_phantom.image[..., :2], small_phantom.affine
+    centre = tuple(float(c) for c in affine[:3, :3] @ [24, 24, 2] + affine[:3, 3])
+    fov = tiny_weights.preprocess.fov_px
+    options = PredictOptions(device="cpu", precision="fp32", tta=tta)
+    cut_frames = iter([True, False])  # the first frame is cut, the second is not
+    monkeypatch.setattr(inference, "cut_by_crop", lambda labels: next(cut_frames))
+    stats: dict = {}
+    grown = Predictor(tiny_weights, replace(options, crop_px=32)).predict(
+        data, affine, localisation=Localisation(centre, 1000.0), stats=stats)  # fmt: skip
+    assert stats["crop_px"] == [fov, 32]
+    monkeypatch.setattr(inference, "cut_by_crop", lambda labels: False)
+    for t, crop in ((0, fov), (1, 32)):
+        alone: dict = {}
+        expected = Predictor(tiny_weights, replace(options, crop_px=crop)).predict(
+            data[..., t], affine, localisation=Localisation(centre, 1000.0), stats=alone)  # fmt: skip
+        np.testing.assert_array_equal(grown[..., t], expected)
+        if tta:
+            assert stats["tta_agreement"][t] == pytest.approx(alone["tta_agreement"][0])
+
+
+def test_cut_by_crop_counts_the_outer_ring() -> None:
+    from cardioseg.inference import CROP_EDGE_MIN_PX, cut_by_crop
+
+    labels = np.zeros((3, 32, 32), np.uint8)
+    labels[:, 8:24, 8:24] = 3
+    assert not cut_by_crop(labels)
+    labels[0, 1, 10 : 10 + CROP_EDGE_MIN_PX - 1] = 1  # one pixel short of the limit, in the ring
+    assert not cut_by_crop(labels)
+    labels[2, 30, 5] = 2
+    assert cut_by_crop(labels)
+
+
+def test_the_report_names_the_frames_segmented_on_the_whole_grid(tmp_path: Path, small_phantom, tiny_weights_path, monkeypatch) -> None:
+    import cardioseg
+
+    ed = save_nifti(tmp_path / "in" / "ed.nii.gz", small_phantom.image[..., 0], small_phantom.affine)
+    es = save_nifti(tmp_path / "in" / "es.nii.gz", small_phantom.image[..., 1], small_phantom.affine)
+    monkeypatch.setattr(Predictor, "locate", lambda self, frame, affine: Localisation((0.0, 0.0, 0.0), 1000.0))
+    cut_frames = iter([False, True])  # ED fits its crop, ES does not
+    monkeypatch.setattr("cardioseg.inference.cut_by_crop", lambda labels: next(cut_frames))
+    result = cardioseg.predict(ed=ed, es=es, out_dir=tmp_path / "out", weights=tiny_weights_path, device="cpu", crop_px=32)
+    assert result[0].report["segmentation"]["crop_grown_frames"] == [1]

@@ -74,6 +74,7 @@ def study_report(
     runtime_s: float,
     localisation: Localisation | None = None,
     agreement: list[float] | None = None,
+    frame_crops: list[int] | None = None,
 ) -> dict[str, Any]:
     """The JSON report of one measured study (see ``cardioseg.report.build_report``)."""
     return build_report(
@@ -99,7 +100,7 @@ def study_report(
         },
         subject={"height_cm": m.height_cm, "weight_kg": m.weight_kg, "group": study.group},
         warnings=[w for v in volumes for w in v.meta.warnings] + m.warnings,
-        segmentation=segmentation_report(predictor, localisation, agreement),
+        segmentation=segmentation_report(predictor, localisation, agreement, frame_crops),
         fingerprint=options.fingerprint,
         extra=m.regional,
         provenance=provenance(volumes, study.kind.value, m.ed_index, m.es_index, options.command),
@@ -107,11 +108,15 @@ def study_report(
 
 
 def segmentation_report(
-    predictor: Segmenter, localisation: Localisation | None, agreement: list[float] | None = None
+    predictor: Segmenter,
+    localisation: Localisation | None,
+    agreement: list[float] | None = None,
+    frame_crops: list[int] | None = None,
 ) -> dict[str, Any]:
-    """How the masks were made: the crop (0: the full field), test-time rotations (on which frames:
-    ``tta_frames``, "key" for a cine's ED and ES only) and how much they agreed per frame, the
-    clean-up, stage 1's finding."""
+    """How the masks were made: the crop (0: the full field), the frames segmented again on the
+    whole grid because the crop cut the heart (``crop_grown_frames``), test-time rotations (on
+    which frames: ``tta_frames``, "key" for a cine's ED and ES only) and how much they agreed per
+    frame, the clean-up, stage 1's finding."""
     o = predictor.options
     rotated = ("key" if key_frame_rotations(predictor) else "all") if predictor.tta else None
     out: dict[str, Any] = {
@@ -119,6 +124,8 @@ def segmentation_report(
         "postprocess": o.clean_up if o.postprocess else "none",
         "localisation": localisation.as_dict() if localisation is not None else None,
     }  # fmt: skip
+    if predictor.crop_px > 0 and frame_crops is not None:
+        out["crop_grown_frames"] = [t for t, c in enumerate(frame_crops) if c > predictor.crop_px]
     if agreement is not None:  # NaN (null in the file) for the frames a cine did not rotate
         out["tta_agreement"] = [round(a, 4) for a in agreement]
     return out
@@ -180,6 +187,7 @@ def key_frame_rotations(predictor: Segmenter) -> bool:
 def predict_cine_key_frames(
     study: Study, cine: Volume, predictor: Segmenter, options: StudyOptions, localisation: Localisation | None,
     on_frame: Callable[[int], Any] | None,
+    stats: dict[str, Any] | None = None,
 ) -> tuple[np.ndarray, list[float], tuple[int, int]]:
     """A cine's labels with the test-time rotations spent where the numbers come from: every
     frame once without them (the volume curve that finds ED and ES), then the ED and ES frames
@@ -187,14 +195,15 @@ def predict_cine_key_frames(
     120; its EDV, ESV, EF and mass come from the same rotated masks as with every frame rotated.
     Returns the labels, the rotations' agreement per frame (NaN where not rotated) and the
     (ED, ES) frames found on the first pass (given ones when ``--ed-frame``/``--es-frame`` or
-    Info.cfg name them)."""
+    Info.cfg name them); ``stats["crop_px"]`` gets the grid of each frame (see ``Predictor.predict``)."""
     from cardioseg.clinical import frame_volumes
     from cardioseg.inference import Predictor
 
     assert isinstance(predictor, Predictor)  # key_frame_rotations(predictor)
+    first: dict[str, Any] = {}
     predictor.tta = False
     try:
-        mask = predictor.predict(cine.data, cine.affine, on_frame=on_frame, localisation=localisation)
+        mask = predictor.predict(cine.data, cine.affine, on_frame=on_frame, localisation=localisation, stats=first)
     finally:
         predictor.tta = True
     per_frame = [frame_volumes(mask[..., t], cine.voxel_volume_ml, predictor.label_map) for t in range(cine.n_frames)]
@@ -205,6 +214,11 @@ def predict_cine_key_frames(
     agreement = [float("nan")] * cine.n_frames
     for t, a in zip(keys, rotated.get("tta_agreement") or []):
         agreement[t] = a
+    if stats is not None and "crop_px" in first:
+        crops = list(first["crop_px"])
+        for t, c in zip(keys, rotated.get("crop_px") or []):
+            crops[t] = c
+        stats["crop_px"] = crops
     return mask, agreement, (ed, es)
 
 
@@ -248,7 +262,7 @@ def run_study(
         localisation = predictor.localise(volumes[0].data, volumes[0].affine)
         if study.kind is StudyKind.CINE and key_frame_rotations(predictor):
             mask, agreement_4d, detected = predict_cine_key_frames(
-                study, volumes[0], predictor, options, localisation, on_frame)  # fmt: skip
+                study, volumes[0], predictor, options, localisation, on_frame, stats)  # fmt: skip
             masks, stats["tta_agreement"] = [mask], agreement_4d
         else:
             masks = [predictor.predict(v.data, v.affine, on_frame=on_frame, localisation=localisation, stats=stats)
@@ -259,7 +273,8 @@ def run_study(
         m.warnings.append("no DICOM-SEG written (--dicom-seg): the input is not one DICOM series")
     mask_paths = output_paths(study, out_dir)[: len(volumes)]
     seconds = round(time.perf_counter() - t0, 3)
-    report = study_report(study, volumes, mask_paths, m, predictor, options, seconds, localisation, agreement)
+    report = study_report(
+        study, volumes, mask_paths, m, predictor, options, seconds, localisation, agreement, stats.get("crop_px"))
     written = write_study(study, volumes, masks, m, report, out_dir, options, predictor.label_map)
     return StudyResult(study, written, report)
 
