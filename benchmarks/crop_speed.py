@@ -1,6 +1,8 @@
 """Seconds per frame of the segmentation options on real ACDC frames, in one process.
 
     python benchmarks/crop_speed.py [--data ../shared/data/acdc] [--patients 10] [--threads 2] [--out FILE.json]
+        [--weights W] [--variants "crop 128 + tta" ...]
+    ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python benchmarks/crop_speed.py ...  # AVX2's code path
 
 For each variant (full field; ``--crop-px 160``/``128``, which add stage 1 on the coarse grid;
 ``--tta``) the shipped default network segments the ED and ES frames of the first N patients
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,6 +31,12 @@ VARIANTS: dict[str, dict[str, object]] = {  # every option explicit (the weights
 
 
 def cpu_class() -> str:
+    """The CPU's class; with an instruction-set cap in the environment (``bench.py --isa``), the cap on it."""
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    return f"{cap.upper()} cap on {_cpu_class()}" if cap else _cpu_class()
+
+
+def _cpu_class() -> str:
     flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").is_file() else []
     if "amx_bf16" in flags:
         return "AMX"
@@ -46,6 +55,8 @@ def main() -> int:
     ap.add_argument("--patients", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--weights", default=None, help="weights name or path (default: the shipped default)")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="VARIANT")
     args = ap.parse_args()
     if not args.data.is_dir():
         print(f"no ACDC data at {args.data}")
@@ -58,8 +69,8 @@ def main() -> int:
         f = read_patient_folder(folder)
         frames += [cardioseg.read_volume(p) for p in (f.ed_path, f.es_path) if p is not None]
     results = {}
-    for name, options in VARIANTS.items():
-        predictor = cardioseg.load_predictor(None, threads=args.threads, device="cpu", **options)
+    for name in args.variants:
+        predictor = cardioseg.load_predictor(args.weights, threads=args.threads, device="cpu", **VARIANTS[name])
         predictor.predict(frames[0].data, frames[0].affine)  # warm-up
         best = float("inf")
         for _ in range(2):
@@ -70,7 +81,8 @@ def main() -> int:
         results[name] = {"s_per_frame": round(best, 4), "precision": predictor.precision}
         print(f"{name:18s} {best:.3f} s/frame ({predictor.precision}, {args.threads} threads, {cpu_class()} CPU)", flush=True)
     if args.out:
-        args.out.write_text(json.dumps({"cpu_class": cpu_class(), "frames": len(frames), "results": results}, indent=2) + "\n")
+        record = {"cpu_class": cpu_class(), "weights": args.weights or "default", "frames": len(frames), "results": results}
+        args.out.write_text(json.dumps(record, indent=2) + "\n")
     return 0
 
 

@@ -28,7 +28,7 @@ from cardioseg.weights import recommend_inference, sha256_file
 src = Path(sys.argv[1])
 dst = Path("cardioseg/weights/dmr-unet2d-acdc.pt")
 tmp = src.with_name("shipped.pt")
-recommend_inference(src, 160, True, "5-fold CV of the shipped recipe on the 100 ACDC patients (docs/cv100/README.md)",
+recommend_inference(src, 128, True, "5-fold CV of the shipped recipe and of crops 128 vs 160 on the 100 ACDC patients (docs/cv100/README.md)",
                     out=tmp, name="dmr-unet2d-acdc")
 shutil.copyfile(tmp, dst)
 registry = Path("cardioseg/weights/registry.json")
