@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from cardioseg._version import __version__
 from cardioseg.errors import DEBUG_HINT, CardiosegError
@@ -29,8 +30,28 @@ from cardioseg.train import (
     recipe_text,
 )
 
+
+class _PlainHelp:
+    """-h/--help without a type in the help's second column (Typer shows ``<bool>`` there)."""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)  # type: ignore[misc]
+        if option is not None:
+            option.metavar = ""
+        return option
+
+
+class _Command(_PlainHelp, TyperCommand):
+    pass
+
+
+class _Group(_PlainHelp, TyperGroup):
+    pass
+
+
 app = typer.Typer(
     name="cardioseg",
+    cls=_Group,
     help="Segment short-axis cardiac cine MRI and report volumes, EF and myocardial mass.",
     no_args_is_help=True,
     add_completion=False,
@@ -75,7 +96,7 @@ def _root(
     """cardioseg: short-axis cardiac cine MRI -> masks + clinical report."""
 
 
-@app.command()
+@app.command(cls=_Command)
 def predict(
     inputs: Annotated[
         list[Path] | None,
@@ -164,7 +185,7 @@ def predict(
         raise typer.Exit(code=1)
 
 
-@app.command()
+@app.command(cls=_Command)
 def measure(
     inputs: Annotated[
         list[Path] | None,
@@ -215,7 +236,7 @@ def measure(
         raise typer.Exit(code=1)
 
 
-@app.command("weights")
+@app.command("weights", cls=_Command)
 def list_weights() -> None:
     """The shipped models: name, file, sha256, training data, license and cross-validation figures."""
     from cardioseg.weights import describe_registered, weights_dir
@@ -232,7 +253,7 @@ def list_weights() -> None:
     typer.echo("Use one with --weights NAME (or a checkpoint path); model cards: cardioseg/weights/README.md")
 
 
-@app.command()
+@app.command(cls=_Command)
 def preprocess(
     data: Annotated[Path, typer.Argument(help="ACDC root (patientNNN/ with Info.cfg) or a folder with images/ and labels/.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Cache folder to write (replaced if it exists).")],
@@ -258,7 +279,7 @@ def preprocess(
     typer.echo(f"{path}: {len(frames)} frames")
 
 
-@app.command()
+@app.command(cls=_Command)
 def train(
     cache: Annotated[Path, typer.Argument(help="Cache folder from cardioseg preprocess.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: checkpoints, log.csv, exported weights.")],
@@ -335,7 +356,7 @@ def train(
         raise _fail(str(exc)) from None
 
 
-@app.command()
+@app.command(cls=_Command)
 def evaluate(
     pred: Annotated[Path, typer.Argument(help="Predicted mask, or a folder of them (searched recursively).")],
     ref: Annotated[Path, typer.Argument(help="Reference mask, or a folder of them (e.g. an ACDC root).")],

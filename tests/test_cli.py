@@ -70,6 +70,14 @@ def test_help_reads_in_panels_with_short_flag():
     assert runner.invoke(app, ["measure", "-h"]).exit_code == 0
 
 
+@pytest.mark.parametrize("command", [[], ["predict"], ["evaluate"], ["train"], ["preprocess"], ["measure"], ["weights"]])
+def test_help_option_shows_no_type(command):
+    result = runner.invoke(app, [*command, "-h"], env={"COLUMNS": "120"})
+    assert result.exit_code == 0, result.output
+    help_lines = [line for line in result.output.splitlines() if "--help" in line]
+    assert help_lines and not any("<bool>" in line for line in help_lines)
+
+
 def test_weights_lists_the_registered_models():
     result = runner.invoke(app, ["weights"])
     assert result.exit_code == 0, result.output
