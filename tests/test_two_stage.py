@@ -14,7 +14,7 @@ from conftest import save_nifti
 from cardioseg.geometry import ModelSpace
 from cardioseg.inference import PredictOptions, Predictor
 from cardioseg.preprocess import image_to_model
-from cardioseg.stages import Localisation
+from cardioseg.stages import Localisation, middle_slices
 
 AFFINE = np.array([[0.0, -1.3, 0.0, 10.0], [1.3, 0.0, 0.0, -5.0], [0.0, 0.0, 8.0, 2.0], [0.0, 0.0, 0.0, 1.0]])
 SHAPE = (100, 90, 10)
@@ -103,13 +103,29 @@ def test_stage_1_tries_the_model_grid_when_the_coarse_one_finds_no_heart(tiny_we
     predictor = Predictor(tiny_weights, PredictOptions(device="cpu", crop_px=32))
     grids: list[int] = []
 
-    def locate_on(frame, affine, grid):
+    def locate_on(frame, affine, grid, middle=False):
         grids.append(grid.fov_px)
         return Localisation((1.0, 2.0, 3.0), 900.0) if grid.fov_px == predictor.config.fov_px else Localisation(None, 10.0)
 
     monkeypatch.setattr(predictor, "_locate_on", locate_on)
     found = predictor.locate(small_phantom.image[..., 0], small_phantom.affine)
     assert grids == [predictor.config.fov_px // 2, predictor.config.fov_px] and found.centre_world_mm == (1.0, 2.0, 3.0)
+
+
+def test_stage_1_runs_the_network_on_the_middle_slices_only(tiny_weights, small_phantom, monkeypatch) -> None:
+    predictor = Predictor(tiny_weights, PredictOptions(device="cpu", crop_px=32))
+    frame = np.concatenate([small_phantom.image[..., 0]] * 3, axis=2)  # 12 slices
+    seen: list[int] = []
+    real = predictor.slice_probabilities
+
+    def probabilities(slices):
+        seen.append(len(slices))
+        return real(slices)
+
+    monkeypatch.setattr(predictor, "slice_probabilities", probabilities)
+    predictor.locate(frame, small_phantom.affine)
+    first, stop = middle_slices(frame.shape[2])
+    assert seen[0] == stop - first < frame.shape[2]
 
 
 def test_the_crop_comes_from_the_weights_unless_given(tiny_weights) -> None:
