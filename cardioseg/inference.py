@@ -318,9 +318,9 @@ class Predictor(SegmenterBase):
 
     def locate(self, frame: np.ndarray, affine: np.ndarray) -> Localisation:
         """Stage 1: the network on the middle half of the slices (:func:`middle_slices`) of one
-        stored 3D frame, on a grid of twice the pixel size (same field of view); the centroid of
-        the largest 3D LV cavity + myocardium component. When that finds no heart, every slice
-        on the model's own grid is tried (the full field)."""
+        stored 3D frame, on a grid of twice the pixel size (same field of view), one pass without
+        test-time rotations; the centroid of the largest 3D LV cavity + myocardium component.
+        When that finds no heart, every slice on the model's own grid is tried (the full field)."""
         coarse = replace(self.config, spacing_mm=2 * self.config.spacing_mm, fov_px=max(16, self.config.fov_px // 2))
         found = self._locate_on(frame, affine, coarse, middle=True)
         return found if found.found else self._locate_on(frame, affine, self.config)
@@ -331,7 +331,8 @@ class Predictor(SegmenterBase):
         space, slices = image_to_model(frame, affine, grid)
         first, stop = middle_slices(len(slices)) if middle else (0, len(slices))
         labels = np.zeros((len(slices), *slices.shape[1:]), dtype=np.int64)
-        labels[first:stop] = np.argmax(self.slice_probabilities(slices[first:stop]), axis=1)  # (S, fov, fov)
+        # one pass without the test-time rotations: only a centroid is wanted
+        labels[first:stop] = np.argmax(self._forward([slices[first:stop]], slices.shape[1:]), axis=1)  # (S, fov, fov)
         heart = np.isin(labels, (self.label_map.lv, self.label_map.myo))
         components, n = ndimage.label(heart, structure=np.ones((3, 3, 3), dtype=bool))
         if n == 0:

@@ -112,20 +112,23 @@ def test_stage_1_tries_the_model_grid_when_the_coarse_one_finds_no_heart(tiny_we
     assert grids == [predictor.config.fov_px // 2, predictor.config.fov_px] and found.centre_world_mm == (1.0, 2.0, 3.0)
 
 
-def test_stage_1_runs_the_network_on_the_middle_slices_only(tiny_weights, small_phantom, monkeypatch) -> None:
-    predictor = Predictor(tiny_weights, PredictOptions(device="cpu", crop_px=32))
+def test_stage_1_is_one_unrotated_pass_on_the_middle_slices(tiny_weights, small_phantom, monkeypatch) -> None:
+    predictor = Predictor(tiny_weights, PredictOptions(device="cpu", crop_px=32, tta=True))
+    assert predictor.tta
     frame = np.concatenate([small_phantom.image[..., 0]] * 3, axis=2)  # 12 slices
-    seen: list[int] = []
-    real = predictor.slice_probabilities
+    passes: list[tuple[int, ...]] = []
+    real = predictor._forward
 
-    def probabilities(slices):
-        seen.append(len(slices))
-        return real(slices)
+    def forward(frames, plane):
+        passes.append(tuple(len(f) for f in frames))
+        return real(frames, plane)
 
-    monkeypatch.setattr(predictor, "slice_probabilities", probabilities)
+    monkeypatch.setattr(predictor, "_forward", forward)
     predictor.locate(frame, small_phantom.affine)
     first, stop = middle_slices(frame.shape[2])
-    assert seen[0] == stop - first < frame.shape[2]
+    # the middle slices, then (a random network finds no heart there) every slice: no rotations
+    assert passes[0] == (stop - first,) and stop - first < frame.shape[2]
+    assert passes[1:] in ([], [(frame.shape[2],)])
 
 
 def test_the_crop_comes_from_the_weights_unless_given(tiny_weights) -> None:
