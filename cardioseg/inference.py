@@ -11,6 +11,7 @@ before frames are pooled, so neighbours never cross frames); or whole frames for
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, TypeAlias
 
@@ -38,6 +39,7 @@ from cardioseg.stages import (
     middle_slices,
     resolve_crop_px,
     resolve_tta,
+    soft_confidence,
     tta_agreement,
 )
 from cardioseg.weights import LoadedWeights
@@ -192,6 +194,7 @@ class SegmenterBase:
     crop_px: int = 0  # resolved: 0 (one stage, the whole field) or the crop of stage 2
     tta: bool = False  # resolved: test-time rotations on or off
     _agreement: list[float] | None = None  # per frame, while predict() collects it (Predictor only)
+    _confidence: list[float] | None = None  # per frame, one pass's confidence, while predict() collects it (Predictor only)
     _crops: list[int] | None = None  # per frame, the grid stage 2 used (0: the full field), while predict() collects it
 
     def predict_frame(self, frame: np.ndarray, affine: np.ndarray, centre: Centre = None) -> np.ndarray:
@@ -240,30 +243,38 @@ class SegmenterBase:
         With ``options.crop_px``, every frame is segmented on a crop centred on
         ``localisation`` (default: :meth:`localise` of this input); without a heart found, on
         the full field. ``stats``: with test-time rotations, ``stats["tta_agreement"]`` gets
-        one number per frame (see :func:`tta_agreement`); ``stats["crop_px"]`` gets the grid
+        one number per frame (see :func:`tta_agreement`); ``stats["confidence"]`` gets one
+        number per frame from the unrotated pass (:func:`soft_confidence`); ``stats["crop_px"]`` gets the grid
         each frame was segmented on (the crop, the whole grid where the crop cut the heart:
         :func:`cut_by_crop`; 0 for the full field)."""
         frames = frames_of(data, affine)
         if localisation is None:
             localisation = self.localise(data, affine)
         centre = crop_centre(localisation)
-        collect = stats is not None and self.tta
-        if collect:
-            self._agreement = []
-        if stats is not None:
-            self._crops = []
-        try:
+        with self.collecting(stats):
             masks = self.predict_many(frames, on_frame, [centre] * len(frames))
-        finally:
-            if stats is not None and self._crops is not None:
-                stats.setdefault("crop_px", []).extend(self._crops)
-            self._crops = None
-            if collect and stats is not None:
-                stats.setdefault("tta_agreement", []).extend(self._agreement or [])
-                self._agreement = None
         if data.ndim == 3:
             return masks[0]
         return np.stack(masks, axis=-1)
+
+    @contextmanager
+    def collecting(self, stats: dict[str, Any] | None) -> Iterator[None]:
+        """Within it, the frames segmented add their per-frame statistics to ``stats`` (None:
+        nothing collected): ``crop_px``, ``confidence`` and, with test-time rotations,
+        ``tta_agreement`` (see :meth:`predict`), in the order of the frames."""
+        if stats is None:
+            yield
+            return
+        self._crops, self._confidence = [], []
+        self._agreement = [] if self.tta else None
+        try:
+            yield
+        finally:
+            stats.setdefault("crop_px", []).extend(self._crops or [])
+            stats.setdefault("confidence", []).extend(self._confidence or [])
+            if self._agreement is not None:
+                stats.setdefault("tta_agreement", []).extend(self._agreement)
+            self._crops = self._confidence = self._agreement = None
 
 
 def argmax_labels(probs: np.ndarray) -> np.ndarray:
@@ -360,6 +371,8 @@ class Predictor(SegmenterBase):
         rotated back. (Rotations, not mirror flips: training rotates by any angle but never
         mirrors, and a mirrored heart, its RV on the wrong side, is not one the network knows.)"""
         probs = self._forward(frames, plane)
+        if self._confidence is not None:
+            self._confidence += soft_confidence(probs, [len(f) for f in frames])
         if not self.tta:
             return probs
         votes = [probs.argmax(axis=1).astype(np.uint8)]
@@ -401,27 +414,36 @@ class Predictor(SegmenterBase):
         on the whole grid around ``centre`` where the crop cuts the heart (:func:`cut_by_crop`)."""
         space, slices = self.to_model(frame, affine, centre)
         probs = self.slice_probabilities(slices)
-        index = len(self._agreement) - 1 if self._agreement is not None else -1
-        return self._grow_if_cut(frame, affine, centre, space, probs, index)
+        return self._grow_if_cut(frame, affine, centre, space, probs, self._collected() - 1)
+
+    def _collected(self) -> int:
+        """How many frames the per-frame statistics being collected hold (0 when none are)."""
+        for collected in (self._confidence, self._agreement):
+            if collected is not None:
+                return len(collected)
+        return 0
 
     def _grow_if_cut(
         self, frame: np.ndarray, affine: np.ndarray, centre: Centre, space: ModelSpace, probs: np.ndarray, index: int
     ) -> tuple[ModelSpace, np.ndarray]:
         """Stage 2's (space, probabilities) of a frame, or, when its crop cut the heart, those of
-        the weights' whole grid around the same centre (its rotations' agreement replacing entry
-        ``index`` of the one being collected); records the grid used while ``predict`` collects."""
+        the weights' whole grid around the same centre (its confidence and rotations' agreement
+        replacing entry ``index`` of those being collected); records the grid used while
+        ``predict`` collects."""
         crop = self.crop_px if centre is not None and self.crop_px > 0 else 0
         if 0 < crop < self.config.fov_px and cut_by_crop(probs.argmax(axis=1)):
             crop = self.config.fov_px
-            saved = self._agreement
-            self._agreement = [] if saved is not None else None
+            saved: tuple[list[float] | None, list[float] | None] = (self._confidence, self._agreement)
+            self._confidence, self._agreement = ([] if s is not None else None for s in saved)
             try:
                 space, slices = self.to_model(frame, affine, centre, crop_px=crop)
                 probs = self._probabilities([slices], slices.shape[1:])
             finally:
-                grown, self._agreement = self._agreement, saved
-            if saved is not None and grown and 0 <= index < len(saved):
-                saved[index] = grown[0]
+                grown: tuple[list[float] | None, list[float] | None] = (self._confidence, self._agreement)
+                self._confidence, self._agreement = saved
+            for kept, regrown in zip(saved, grown):
+                if kept is not None and regrown and 0 <= index < len(kept):
+                    kept[index] = regrown[0]
         if self._crops is not None:
             self._crops.append(crop)
         return space, probs
@@ -454,7 +476,7 @@ class Predictor(SegmenterBase):
             return super().predict_frames(frames, on_frame, centres)
         if not prepared:
             return []
-        first = len(self._agreement) if self._agreement is not None else 0
+        first = self._collected()
         probs = self._probabilities([slices for _, slices in prepared], prepared[0][1].shape[1:])
         out = []
         start = 0

@@ -79,6 +79,40 @@ def resolve_tta(requested: bool | None, weights: LoadedWeights) -> bool:
     return recommended
 
 
+def soft_confidence(probs: np.ndarray, frame_slices: Sequence[int]) -> list[float]:
+    """Per frame, how sure one pass of the network is of its least certain structure: for each
+    structure c (label 1..C-1) in the argmax labels y, the soft Dice of its probabilities p_c
+    against its mask, 2 sum(p_c [y = c]) / (sum p_c + sum [y = c]); the frame's value is the
+    lowest (1.0 when the frame holds no structure). 1: certain of every pixel of and around each
+    structure. ``probs``: (sum of frame_slices, C, H, W) softmax probabilities, frame after frame.
+
+    One pass suffices, so it exists without test-time rotations, where ``tta_agreement`` does not
+    (cross-validation: ``QcLimits.confidence_min``, docs/cv100/qc.md).
+
+    >>> p = np.zeros((1, 2, 2, 2), np.float32); p[0, 1, 0] = 1.0; p[0, 0, 1] = 1.0
+    >>> soft_confidence(p, [1])
+    [1.0]
+    >>> p[0, :, 0, 0] = (0.4, 0.6)  # one of its two pixels at 0.6: 2 * 1.6 / (1.6 + 2)
+    >>> round(soft_confidence(p, [1])[0], 3)
+    0.889
+    """
+    out = []
+    start = 0
+    for n in frame_slices:
+        frame = probs[start : start + n]
+        start += n
+        labels = frame.argmax(axis=1)
+        worst = 1.0
+        for c in range(1, frame.shape[1]):
+            mask = labels == c
+            size = int(mask.sum())
+            if size:
+                p = frame[:, c]
+                worst = min(worst, float(2.0 * p[mask].sum() / (float(p.sum()) + size)))
+        out.append(worst)
+    return out
+
+
 def tta_agreement(votes: Sequence[np.ndarray], combined: np.ndarray, frame_slices: Sequence[int]) -> list[float]:
     """Per frame, how much the test-time rotations agree on its least consistent structure: for
     each structure (label 1..C-1 present in the combined labels or in a rotation's), the mean

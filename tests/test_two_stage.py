@@ -58,6 +58,8 @@ def test_no_heart_found_segments_the_full_field_and_is_flagged(tmp_path: Path, s
     full = cardioseg.predict(frame, tmp_path / "full", weights=tiny_weights_path, device="cpu")
     report = json.loads((tmp_path / "crop" / "f_report.json").read_text())
     assert "heart_not_localised" in report["qc_flags"] and "heart_not_localised" not in full[0].report["qc_flags"]
+    (confidence,) = report["segmentation"].pop("confidence")  # one frame, one pass's confidence
+    assert 0.0 < confidence <= 1.0
     assert report["segmentation"] == {"crop_px": 32, "tta": False, "tta_frames": None, "postprocess": "anatomy",
                                       "localisation": {"found": False, "centre_world_mm": None, "heart_area_mm2": 0.0},
                                       "crop_grown_frames": []}  # fmt: skip
@@ -181,6 +183,38 @@ def test_tta_agreement_is_that_of_the_least_consistent_structure_of_each_frame()
     extra = ref.copy()
     extra[:2, 0, 9] = 4
     assert tta_agreement([ref, extra], ref, [2, 2])[0] == pytest.approx(0.0)
+
+
+def test_one_pass_confidence_is_reported_per_frame_with_and_without_rotations(tmp_path: Path, small_phantom, tiny_weights_path) -> None:
+    import cardioseg
+    from cardioseg.batch.measure import confidence_flags
+    from cardioseg.qc import QcLimits
+
+    cine = save_nifti(tmp_path / "in" / "c.nii.gz", small_phantom.image[..., :3], small_phantom.affine)
+    seen = {}
+    for tta in (False, True):
+        (result,) = cardioseg.predict(cine, tmp_path / f"out{int(tta)}", weights=tiny_weights_path, device="cpu",
+                                      precision="fp32", tta=tta, tta_frames="all")  # fmt: skip
+        seen[tta] = result.report["segmentation"]["confidence"]
+        assert len(seen[tta]) == 3 and all(0.0 < c <= 1.0 for c in seen[tta])
+    assert seen[False] == seen[True]  # the unrotated pass, whether rotations follow or not
+    limits = QcLimits(confidence_min=0.9)
+    assert confidence_flags([0.95, 0.5, 0.95], 0, 2, limits) == []  # frame 1 is neither ED nor ES
+    (flag,) = confidence_flags([0.95, 0.5, 0.85], 0, 2, limits)
+    assert flag.code == "low_confidence" and "frame 2 (0.85)" in flag.message
+
+
+def test_soft_confidence_is_that_of_the_least_certain_structure() -> None:
+    from cardioseg.stages import soft_confidence
+
+    probs = np.zeros((2, 3, 4, 4), np.float32)
+    probs[:, 0] = 1.0
+    probs[0, :, :2] = np.array([0.0, 1.0, 0.0])[:, None, None]  # frame 0: structure 1, certain
+    probs[1, :, :2, :2] = np.array([0.0, 0.0, 1.0])[:, None, None]  # frame 1: structure 2, certain ...
+    probs[1, :, 2:, :] = np.array([0.3, 0.7, 0.0])[:, None, None]  # ... and structure 1 at 0.7
+    first, second = soft_confidence(probs, [1, 1])
+    assert first == 1.0
+    assert second == pytest.approx(2 * 0.7 * 8 / (0.7 * 8 + 8))  # structure 1's, not the mean
 
 
 def test_low_tta_agreement_limit_is_chosen_for_the_worst_structure() -> None:

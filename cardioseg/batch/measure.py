@@ -38,6 +38,7 @@ def measure_study(
     localisation: Localisation | None = None,
     agreement: list[float] | None = None,
     detected: tuple[int, int] | None = None,
+    confidence: list[float] | None = None,
 ) -> Measurements:
     """Volumes of every frame, ED/ES, the clinical measures and the QC flags of a segmented study
     (``study.kind`` already FRAME, CINE or PAIR). ``detected``: a cine's ED and ES frames as found
@@ -71,6 +72,8 @@ def measure_study(
     )
     if agreement is not None and len(agreement) == len(per_frame):
         flags += tta_agreement_flags(agreement, ed_i, es_i)
+    if confidence is not None and len(confidence) == len(per_frame):
+        flags += confidence_flags(confidence, ed_i, es_i)
     if localisation is not None and not localisation.found:
         flags.append(Flag("heart_not_localised", "Stage 1 found no heart (LV cavity and myocardium) on the coarse "
                           "grid, so the whole field of view was segmented: check the masks."))  # fmt: skip
@@ -134,6 +137,20 @@ def check_frame_indices(ed: int | None, es: int | None, n: int) -> None:
     for name, value in (("ED", ed), ("ES", es)):
         if value is not None and not 0 <= value < n:
             raise ConfigError(f"{name} frame {value} is outside the cine's frames 0..{n - 1}")
+
+
+def confidence_flags(confidence: list[float], ed: int | None, es: int | None, limits: QcLimits | None = None) -> list[Flag]:
+    """``low_confidence``: in a key frame (ED, ES; every frame of a study without them) one pass of
+    the network is unsure of a structure: its soft Dice is below ``QcLimits.confidence_min``
+    (``confidence``: per frame, :func:`cardioseg.stages.soft_confidence`)."""
+    limits = limits or QcLimits()
+    keys = sorted({i for i in (ed, es) if i is not None}) or list(range(len(confidence)))
+    low = [(t, confidence[t]) for t in keys if confidence[t] < limits.confidence_min]
+    if not low:
+        return []
+    where = ", ".join(f"frame {t} ({c:.2f})" for t, c in low)
+    return [Flag("low_confidence", f"The network is unsure of a structure in {where}: the soft Dice of its "
+                 f"probabilities against its own mask is below {limits.confidence_min:g}; check the masks.")]  # fmt: skip
 
 
 def tta_agreement_flags(agreement: list[float], ed: int | None, es: int | None, limits: QcLimits | None = None) -> list[Flag]:

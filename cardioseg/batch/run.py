@@ -17,6 +17,7 @@ import traceback
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -75,6 +76,7 @@ def study_report(
     localisation: Localisation | None = None,
     agreement: list[float] | None = None,
     frame_crops: list[int] | None = None,
+    confidence: list[float] | None = None,
 ) -> dict[str, Any]:
     """The JSON report of one measured study (see ``cardioseg.report.build_report``)."""
     return build_report(
@@ -100,7 +102,7 @@ def study_report(
         },
         subject={"height_cm": m.height_cm, "weight_kg": m.weight_kg, "group": study.group},
         warnings=[w for v in volumes for w in v.meta.warnings] + m.warnings,
-        segmentation=segmentation_report(predictor, localisation, agreement, frame_crops),
+        segmentation=segmentation_report(predictor, localisation, agreement, frame_crops, confidence),
         fingerprint=options.fingerprint,
         extra=m.regional,
         provenance=provenance(volumes, study.kind.value, m.ed_index, m.es_index, options.command),
@@ -112,11 +114,12 @@ def segmentation_report(
     localisation: Localisation | None,
     agreement: list[float] | None = None,
     frame_crops: list[int] | None = None,
+    confidence: list[float] | None = None,
 ) -> dict[str, Any]:
     """How the masks were made: the crop (0: the full field), the frames segmented again on the
     whole grid because the crop cut the heart (``crop_grown_frames``), test-time rotations (on
     which frames: ``tta_frames``, "key" for a cine's ED and ES only) and how much they agreed per
-    frame, the clean-up, stage 1's finding."""
+    frame, one pass's confidence per frame (``confidence``), the clean-up, stage 1's finding."""
     o = predictor.options
     rotated = ("key" if key_frame_rotations(predictor) else "all") if predictor.tta else None
     out: dict[str, Any] = {
@@ -128,6 +131,8 @@ def segmentation_report(
         out["crop_grown_frames"] = [t for t, c in enumerate(frame_crops) if c > predictor.crop_px]
     if agreement is not None:  # NaN (null in the file) for the frames a cine did not rotate
         out["tta_agreement"] = [round(a, 4) for a in agreement]
+    if confidence is not None:
+        out["confidence"] = [round(c, 4) for c in confidence]
     return out
 
 
@@ -214,6 +219,8 @@ def predict_cine_key_frames(
     agreement = [float("nan")] * cine.n_frames
     for t, a in zip(keys, rotated.get("tta_agreement") or []):
         agreement[t] = a
+    if stats is not None and "confidence" in first:  # the unrotated pass: the same for the key frames
+        stats["confidence"] = list(first["confidence"])
     if stats is not None and "crop_px" in first:
         crops = list(first["crop_px"])
         for t, c in zip(keys, rotated.get("crop_px") or []):
@@ -244,11 +251,13 @@ def run_study(
     volumes: list[Volume] | None = None,
     masks: list[np.ndarray] | None = None,
     localisation: Localisation | None = None,
+    frame_stats: dict[str, Any] | None = None,
 ) -> StudyResult:
     """Segment and measure one study and write its masks, overlay and report (all or nothing,
     the report last). ``volumes``: the study already read by ``read_study`` (else read here);
     ``masks``: their labels, already predicted (with other studies' slices, on a GPU), with
-    the ``localisation`` they were predicted with. The heart is located once per study, on its
+    the ``localisation`` they were predicted with and their ``frame_stats`` (see
+    ``Predictor.collecting``). The heart is located once per study, on its
     first volume (a pair's ED frame), and every frame is cropped around the same point."""
     t0 = time.perf_counter()
     if volumes is None:
@@ -256,7 +265,7 @@ def run_study(
     if study.kind is StudyKind.SINGLE:
         study = replace(study, kind=StudyKind.CINE if volumes[0].is_cine else StudyKind.FRAME)
     # to model space -> infer -> back to native -> clean up  (inside the Segmenter)
-    stats: dict[str, Any] = {}
+    stats: dict[str, Any] = dict(frame_stats or {})
     detected: tuple[int, int] | None = None
     if masks is None:
         localisation = predictor.localise(volumes[0].data, volumes[0].affine)
@@ -268,13 +277,16 @@ def run_study(
             masks = [predictor.predict(v.data, v.affine, on_frame=on_frame, localisation=localisation, stats=stats)
                      for v in volumes]  # fmt: skip
     agreement = stats.get("tta_agreement") or None
-    m = measure_study(study, volumes, masks, predictor.label_map, options, localisation, agreement, detected)
+    confidence = stats.get("confidence") or None
+    m = measure_study(
+        study, volumes, masks, predictor.label_map, options, localisation, agreement, detected, confidence)  # fmt: skip
     if options.dicom_seg and (volumes[0].meta.source != "dicom" or study.kind is StudyKind.PAIR):
         m.warnings.append("no DICOM-SEG written (--dicom-seg): the input is not one DICOM series")
     mask_paths = output_paths(study, out_dir)[: len(volumes)]
     seconds = round(time.perf_counter() - t0, 3)
     report = study_report(
-        study, volumes, mask_paths, m, predictor, options, seconds, localisation, agreement, stats.get("crop_px"))
+        study, volumes, mask_paths, m, predictor, options, seconds, localisation, agreement, stats.get("crop_px"),
+        confidence)  # fmt: skip
     written = write_study(study, volumes, masks, m, report, out_dir, options, predictor.label_map)
     return StudyResult(study, written, report)
 
@@ -295,11 +307,12 @@ def _run_one(
     volumes: Future[list[Volume]],
     masks: list[np.ndarray] | None = None,
     localisation: Localisation | None = None,
+    frame_stats: dict[str, Any] | None = None,
 ) -> StudyResult:
     """``run_study`` on the images read ahead, with the errors that belong to one study
     (reading included) turned into its result: a study never stops the batch (Ctrl-C does)."""
     try:
-        return run_study(study, predictor, out_dir, options, on_frame, volumes.result(), masks, localisation)
+        return run_study(study, predictor, out_dir, options, on_frame, volumes.result(), masks, localisation, frame_stats)
     except CardiosegError as exc:
         return StudyResult(study, error=str(exc))
     except MemoryError:
@@ -427,6 +440,8 @@ def _run_group(
     read = [(study, future.result()) for study, future in group if future.exception() is None]
     labels: list[np.ndarray] | None
     located: dict[int, Localisation | None] = {}
+    stats: dict[str, Any] = {}
+    collecting = getattr(predictor, "collecting", None)  # a Predictor's per-frame statistics
     try:
         frames, centres = [], []
         for study, volumes in read:
@@ -435,22 +450,26 @@ def _run_group(
                 more = frames_of(v.data, v.affine)
                 frames += more
                 centres += [crop_centre(loc)] * len(more)
-        labels = predictor.predict_many(frames, centres=centres) if frames else []
+        with collecting(stats) if collecting is not None else nullcontext():
+            labels = predictor.predict_many(frames, centres=centres) if frames else []
     except Exception:  # noqa: BLE001 - out of memory, or one study's frames: each study alone finds out which
         labels = None
     results = []
     start = 0
     for study, future in group:
         masks = None
+        own: dict[str, Any] = {}
         if labels is not None and future.exception() is None:
             masks = []
             for v in future.result():
                 n = v.n_frames if v.is_cine else 1
                 part = labels[start : start + n]
+                for key, values in stats.items():
+                    own.setdefault(key, []).extend(values[start : start + n])
                 start += n
                 masks.append(np.stack(part, axis=-1) if v.is_cine else part[0])
                 if progress is not None:
                     for t in range(n):
                         progress(study, t)
-        results.append(_run_one(study, predictor, out_dir, options, None, future, masks, located.get(id(study))))
+        results.append(_run_one(study, predictor, out_dir, options, None, future, masks, located.get(id(study)), own))
     return results

@@ -102,3 +102,4 @@ class QcLimits:
     myo_es_ed_ratio_min: float = 0.75
     myo_es_ed_ratio_max: float = 1.7
     tta_agreement_min: float = 0.924
+    confidence_min: float = 0.0
