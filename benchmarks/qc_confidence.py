@@ -1,160 +1,88 @@
-"""Can one network pass say when its own segmentation failed?  A QC signal for ``--no-tta``
-(the fast path of fp32-only CPUs), where the rotations' agreement (``low_tta_agreement``) is
-not there. Raw material, as ``qc_agreement.py`` is for the rotations.
+"""Can one network pass say when its own segmentation failed?  The ``low_confidence`` QC flag
+for ``--no-tta`` (the fast path of fp32-only CPUs), where the rotations' agreement
+(``low_tta_agreement``) is not there; docs/cv100/qc.md.
 
-    OMP_NUM_THREADS=1 python benchmarks/qc_confidence.py RUNS/cur [--data ../shared/data/acdc] [--out runs/qc_confidence]
+    python benchmarks/qc_confidence.py RUNS --variants cur@crop128,anatomy cur@crop128,anatomy,tta [--train-folds 0 1]
 
-Every ED/ES frame of the 100 ACDC patients is segmented by the fold model that held it out
-(RUN/fold*/<exported>.pt), as ``cardioseg predict --no-tta`` does it (the weights' crop, stage 1
-then stage 2), and from stage 2's model-space softmax probabilities p (before the clean-up) it
-records, per structure c with predicted mask y = argmax == c:
-
-- ``<c>_soft``: the soft Dice of p_c against y, 2 sum(p_c y) / (sum p_c + sum y): 1 when the
-  network is certain of every pixel of and around the structure (an "expected Dice");
-- ``<c>_unsure``: the voxels with 0.2 < p_c < 0.8 per voxel of y (the uncertain rim's width).
-
-One row per frame in OUT/confidence.csv (resumable: patients already there are skipped). Then
-
-    python benchmarks/qc_confidence.py RUNS/cur --analyse EVAL/metrics.csv [--train-folds 0 1]
-
-chooses each detector's threshold on the training folds (``qc_agreement.choose``) and prints
-recall of the gross failures (a structure Dice < 0.70) and false flags on the other folds.
+Reads, per variant, the reports of ``benchmarks/cv_evaluate.py`` (RUNS/pred_<variant>/<study>_report.json:
+``segmentation.confidence`` per frame, :func:`cardioseg.stages.soft_confidence`, and the QC
+flags) and its scores (RUNS/eval_<variant>/metrics.csv: a gross failure is a study with a
+structure Dice < 0.70 in ED or ES). A study's score is its lower confidence of ED and ES. The
+threshold is chosen on the training folds only, by the rules of ``qc_agreement.choose``
+("tight": just above the most confident training failure; "budget": every training failure and
+up to 15 % of the good training studies flagged), and measured on the other folds and on all:
+alone, with the reports' other flags (what a user would see), and for a variant with rotations
+also against and with ``low_tta_agreement``. Cells: failures flagged / failures, good studies
+flagged / good studies.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import math
+import json
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
-STRUCTURES = {1: "rv", 2: "myo", 3: "lv"}
-COLUMNS = ["patient", "fold", "phase", *(f"{s}_{k}" for s in STRUCTURES.values() for k in ("soft", "unsure", "px"))]
+HERE = Path(__file__).resolve().parent
 
 
-def frame_confidence(probs: np.ndarray) -> dict[str, float]:
-    """(S, C, H, W) softmax probabilities -> the row's per-structure statistics (nan: absent)."""
-    labels = probs.argmax(axis=1)
-    row: dict[str, float] = {}
-    for c, name in STRUCTURES.items():
-        y = labels == c
-        p = probs[:, c]
-        n = int(y.sum())
-        row[f"{name}_px"] = n
-        if n == 0:
-            row[f"{name}_soft"] = math.nan
-            row[f"{name}_unsure"] = math.nan
-            continue
-        row[f"{name}_soft"] = round(float(2.0 * p[y].sum() / (p.sum() + n)), 5)
-        row[f"{name}_unsure"] = round(float(((p > 0.2) & (p < 0.8)).sum() / n), 5)
-    return row
-
-
-def record(run: Path, data: Path, out: Path) -> int:
-    import nibabel as nib
-
-    import cardioseg
-    from cardioseg.io.layouts import read_info_cfg
-    from cardioseg.stages import crop_centre
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from cv_evaluate import fold_weights
-
-    out.mkdir(parents=True, exist_ok=True)
-    table = out / "confidence.csv"
-    done = set()
-    if table.is_file():
-        with open(table, newline="") as f:
-            done = {r["patient"] for r in csv.DictReader(f)}
-    new = not table.is_file()
-    with open(table, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        if new:
-            writer.writeheader()
-        for k, weights in fold_weights(run).items():
-            patients = [p for p in cardioseg.load_weights(str(weights)).meta["training"]["val_patients"] if p not in done]
-            if not patients:
-                continue
-            predictor = cardioseg.load_predictor(str(weights), threads=1, device="cpu", tta=False)
-            for p in patients:
-                t0 = time.perf_counter()
-                info = read_info_cfg(data / p / "Info.cfg")
-                for phase, number in (("ED", info.ed), ("ES", info.es)):
-                    img = nib.load(data / p / f"{p}_frame{number:02d}.nii.gz")
-                    frame, affine = np.asarray(img.dataobj, dtype=np.float32), img.affine
-                    centre = crop_centre(predictor.localise(frame, affine))
-                    _, probs = predictor.model_probabilities(frame, affine, centre)
-                    writer.writerow({"patient": p, "fold": k, "phase": phase, **frame_confidence(probs)})
-                f.flush()
-                print(f"fold {k} {p}: {time.perf_counter() - t0:.1f} s", flush=True)
-    return 0
-
-
-def _worst(r: dict[str, str], key: str, sign: float) -> float:
-    values = [sign * float(r[f"{s}_{key}"]) for s in STRUCTURES.values() if r[f"{s}_{key}"] not in ("", "nan")]
-    return min(values) if values else 1.0
-
-
-DETECTORS = {
-    "worst_soft_dice": lambda r: _worst(r, "soft", 1.0),
-    "worst_unsure": lambda r: _worst(r, "unsure", -1.0),
-    "rv_soft_dice": lambda r: float(r["rv_soft"]) if r["rv_soft"] not in ("", "nan") else 1.0,
-}
-
-
-def analyse(out: Path, metrics_csv: Path, train_folds: list[int], threshold: float, budget: float) -> str:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from qc_agreement import choose, worst_dice
-
-    with open(out / "confidence.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    dice = worst_dice(metrics_csv)
-    fold = {r["patient"]: int(r["fold"]) for r in rows}
-    patients = sorted(p for p in fold if p in dice)
-    gross = {p for p in patients if dice[p] < threshold}
-    lines = [f"{len(patients)} patients, {len(gross)} gross failures (a structure Dice < {threshold}): {' '.join(sorted(gross))}",
-             "| detector | rule | threshold | training folds | other folds | all | missed (other folds) |", "|---|---|---|---|---|---|---|"]  # fmt: skip
-    for name, score in DETECTORS.items():
-        per: dict[str, float] = {}
-        for r in rows:
-            per[r["patient"]] = min(per.get(r["patient"], math.inf), score(r))
-        train = {p: per[p] for p in patients if fold[p] in train_folds}
-        test = [p for p in patients if fold[p] not in train_folds]
-
-        def cell(ps: list[str], t: float, per: dict[str, float] = per) -> str:
-            g = [p for p in ps if p in gross]
-            ok = [p for p in ps if p not in gross]
-            return f"{sum(per[p] < t for p in g)}/{len(g)}, {sum(per[p] < t for p in ok)}/{len(ok)}"
-
-        for rule in ("tight", "budget"):
-            t = choose(train, gross & set(train), rule, budget)
-            missed = " ".join(p for p in test if p in gross and per[p] >= t) or "-"
-            lines.append(f"| {name} | {rule} | {t:.4f} | {cell(sorted(train), t)} | {cell(test, t)} | {cell(patients, t)} | {missed} |")
-    return "\n".join(lines)
+def study_scores(pred: Path, studies: list[str]) -> tuple[dict[str, float], dict[str, set[str]]]:
+    """study -> (lower ED/ES confidence, its QC flags other than low_confidence)."""
+    scores, others = {}, {}
+    for s in studies:
+        report = json.loads((pred / f"{s}_report.json").read_text())
+        conf = report["segmentation"]["confidence"]
+        keys = [i for i in (report["ed_frame"], report["es_frame"]) if i is not None] or range(len(conf))
+        scores[s] = min(conf[i] for i in keys)
+        others[s] = set(report["qc_flags"]) - {"low_confidence"}
+    return scores, others
 
 
 def main() -> int:
+    sys.path.insert(0, str(HERE))
+    from cv_table import fold_of_patients
+    from qc_agreement import choose, worst_dice
+
     ap = argparse.ArgumentParser()
-    ap.add_argument("run", type=Path)
-    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "acdc")
-    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "qc_confidence")
-    ap.add_argument("--analyse", type=Path, metavar="METRICS_CSV")
+    ap.add_argument("runs", type=Path)
+    ap.add_argument("--variants", nargs="+", required=True)
     ap.add_argument("--train-folds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--threshold", type=float, default=0.70)
     ap.add_argument("--budget", type=float, default=0.15)
     args = ap.parse_args()
-    if args.analyse:
-        print(analyse(args.out, args.analyse, args.train_folds, args.threshold, args.budget))
-        return 0
-    if not args.data.is_dir():
-        print(f"no ACDC data at {args.data}")
-        return 0
-    return record(args.run, args.data, args.out)
+    for variant in args.variants:
+        dice = worst_dice(args.runs / f"eval_{variant}" / "metrics.csv")
+        fold = fold_of_patients(args.runs / variant.partition("@")[0].split("+")[0])
+        studies = sorted(s for s in dice if s in fold)
+        scores, others = study_scores(args.runs / f"pred_{variant}", studies)
+        gross = {s for s in studies if dice[s] < args.threshold}
+        train = [s for s in studies if fold[s] in args.train_folds]
+        test = [s for s in studies if fold[s] not in args.train_folds]
+
+        def cell(group: list[str], flagged: set[str], gross: set[str] = gross) -> str:
+            g = [s for s in group if s in gross]
+            ok = [s for s in group if s not in gross]
+            return f"{sum(s in flagged for s in g)}/{len(g)}, {sum(s in flagged for s in ok)}/{len(ok)}"
+
+        print(f"## {variant}: {len(studies)} studies, {len(gross)} gross failures: {' '.join(sorted(gross))}")
+        print("| detector | threshold | training folds | other folds | all | missed (other folds) |")
+        print("|---|---|---|---|---|---|")
+        others_flagged = {s for s in studies if others[s]}
+        print(f"| other flags only | | {cell(train, others_flagged)} | {cell(test, others_flagged)} | {cell(studies, others_flagged)} | |")
+        if any("low_tta_agreement" in others[s] for s in studies):
+            tta = {s for s in studies if "low_tta_agreement" in others[s]}
+            print(f"| low_tta_agreement alone | shipped | {cell(train, tta)} | {cell(test, tta)} | {cell(studies, tta)} | |")
+        for rule in ("tight", "budget"):
+            t = choose({s: scores[s] for s in train}, gross & set(train), rule, args.budget)
+            low = {s for s in studies if scores[s] < t}
+            union = low | others_flagged
+            missed = " ".join(s for s in test if s in gross and s not in union) or "-"
+            print(f"| low_confidence ({rule}) | {t:.4f} | {cell(train, low)} | {cell(test, low)} | {cell(studies, low)} | |")
+            print(f"| low_confidence ({rule}) + other flags | {t:.4f} | {cell(train, union)} | {cell(test, union)} | {cell(studies, union)} | {missed} |")
+        ranked = sorted(studies, key=lambda s: scores[s])
+        print("\nlowest confidence: " + ", ".join(f"{s} {scores[s]:.3f}{'*' if s in gross else ''}" for s in ranked[:15]))
+        print("failures: " + ", ".join(f"{s} {scores[s]:.3f} (Dice {dice[s]:.2f})" for s in sorted(gross)) + "\n")
+    return 0
 
 
 if __name__ == "__main__":
