@@ -191,7 +191,7 @@ def analyse(out: Path, metrics_csv: Path, train_folds: list[int], threshold: flo
     and false flags there, on the other folds and on all, alone and with the other QC flags."""
     from cardioseg.qc import QcLimits
 
-    shipped = QcLimits().tta_agreement_min  # of the worst structure's agreement
+    shipped = QcLimits().tta_agreement_min or 0.924  # of the worst structure's agreement (0.924: its limit while it was on)
     with open(out / "agreement.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     dice = worst_dice(metrics_csv)

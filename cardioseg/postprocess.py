@@ -112,10 +112,19 @@ def anatomical_clean_up(
 
 
 def _fill_holes_in_plane(mask: np.ndarray, slice_axis: int) -> np.ndarray:
-    """``mask`` with the holes of each slice (along ``slice_axis``) filled."""
-    moved = np.moveaxis(mask, slice_axis, 0)
-    filled = np.stack([ndimage.binary_fill_holes(s) if s.any() else s for s in moved])
-    return np.moveaxis(filled, 0, slice_axis)
+    """``mask`` with the holes of each slice (along ``slice_axis``) filled. The work is done on
+    the mask's bounding box grown by one pixel in-plane: background there that reaches the box's
+    edge reaches the image's, through the empty ring, so the result is that of whole slices."""
+    out = np.array(mask, dtype=bool, copy=True)
+    (box,) = ndimage.find_objects(out.astype(np.uint8)) or [None]
+    if box is None:
+        return out
+    box = _grow(box, [0 if a == slice_axis else 1 for a in range(out.ndim)], out.shape)
+    moved = np.moveaxis(out[box], slice_axis, 0)  # a view: filled in place
+    for s in moved:
+        if s.any():
+            s[...] = ndimage.binary_fill_holes(s)
+    return out
 
 
 def _bordering_component(

@@ -122,7 +122,8 @@ def tta_agreement(votes: Sequence[np.ndarray], combined: np.ndarray, frame_slice
 
     The worst structure, not the mean over structures: gross failures are mostly one structure
     (the ES RV or LV cavity) that the rotations see differently while the others agree, and
-    the mean dilutes it (cross-validation: ``QcLimits.tta_agreement_min``, docs/cv100/qc.md).
+    the mean dilutes it (cross-validation: ``QcLimits.tta_agreement_min``, off by default since
+    :func:`soft_confidence` flags the failures better; docs/cv100/qc.md).
 
     >>> a = np.zeros((1, 4, 4), np.uint8); a[0, :2] = 1
     >>> tta_agreement([a, a], a, [1])

@@ -210,3 +210,19 @@ def test_anatomical_clean_up_keeps_the_largest_rv_when_none_touches_the_myocardi
     m[30:40, 45:58] = 1  # larger, far
     out = anatomical_clean_up(m, (1.0, 1.0, 8.0), lv=3, myo=2, rv=1, tolerance_mm=2)
     assert (out == 1).sum() == 10 * 13 * 3
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_filling_holes_on_the_bounding_box_equals_whole_slices(seed: int) -> None:
+    from scipy import ndimage
+
+    from cardioseg.postprocess import _fill_holes_in_plane
+
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((40, 36, 5), dtype=bool)
+    mask[8:30, 5:33] = ndimage.binary_opening(rng.random((22, 28, 5)) > 0.35, np.ones((2, 2, 1)))
+    mask[1, :, 2] = True  # a row on the image's edge: its holes reach the border
+    for axis in range(3):
+        expected = np.stack([ndimage.binary_fill_holes(s) for s in np.moveaxis(mask, axis, 0)])
+        np.testing.assert_array_equal(_fill_holes_in_plane(mask, axis), np.moveaxis(expected, 0, axis))
+    assert not _fill_holes_in_plane(np.zeros((4, 4, 2), bool), 2).any()

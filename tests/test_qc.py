@@ -385,3 +385,21 @@ def test_myocardium_that_vanishes_at_es_is_flagged(cine_labels):
     es[:, :, 0][np.isin(es[:, :, 0], (ACDC.lv,))] = ACDC.myo  # a little muscle left on one slice
     flag = by_code(cine_flags(labels, ed_es=(ED, ES)), "myocardium_volume_changes")
     assert "plausible 0.75-1.7x" in flag.message
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_rv_contact_fraction_on_a_box_equals_the_whole_volume(seed: int) -> None:
+    from scipy import ndimage
+
+    from cardioseg.qc.consistency import _in_plane_ball, rv_contact_fraction
+
+    rng = np.random.default_rng(seed)
+    canon = np.zeros((60, 50, 6), np.uint8)
+    canon[rng.random(canon.shape) > 0.97] = 1  # RV voxels everywhere, some next to the wall
+    canon[20:32, 0:14, 1:5] = 2  # myocardium on the image's edge
+    spacing = np.array([1.3, 1.6, 10.0])
+    near = ndimage.binary_dilation(canon == 2, structure=_in_plane_ball(spacing, 5.0))
+    rv = canon == 1
+    expected = (rv & near).sum() / rv.sum()
+    assert rv_contact_fraction(canon, spacing, ACDC, 5.0) == pytest.approx(expected, abs=1e-12)
+    assert 0.0 < expected < 1.0

@@ -153,14 +153,17 @@ def test_the_crop_comes_from_the_weights_unless_given(tiny_weights) -> None:
 def test_tta_agreement_is_reported_per_frame_and_flags_an_unsure_key_frame(tmp_path: Path, small_phantom, tiny_weights_path) -> None:
     import cardioseg
     from cardioseg.batch.measure import tta_agreement_flags
+    from cardioseg.qc import QcLimits
 
     cine = save_nifti(tmp_path / "in" / "c.nii.gz", small_phantom.image[..., :3], small_phantom.affine)
     (result,) = cardioseg.predict(cine, tmp_path / "out", weights=tiny_weights_path, device="cpu", tta=True,
                                   tta_frames="all")  # fmt: skip
     agreement = result.report["segmentation"]["tta_agreement"]
     assert len(agreement) == 3 and all(0.0 <= a <= 1.0 for a in agreement)
-    assert tta_agreement_flags([0.99, 0.5, 0.99], 0, 2) == []  # frame 1 is neither ED nor ES
-    (flag,) = tta_agreement_flags([0.99, 0.5, 0.9], 0, 2)
+    on = QcLimits(tta_agreement_min=0.924)
+    assert tta_agreement_flags([0.99, 0.5, 0.9], 0, 2) == []  # off by default
+    assert tta_agreement_flags([0.99, 0.5, 0.99], 0, 2, on) == []  # frame 1 is neither ED nor ES
+    (flag,) = tta_agreement_flags([0.99, 0.5, 0.9], 0, 2, on)
     assert flag.code == "low_tta_agreement" and "frame 2 (0.90)" in flag.message
 
 
@@ -217,15 +220,18 @@ def test_soft_confidence_is_that_of_the_least_certain_structure() -> None:
     assert second == pytest.approx(2 * 0.7 * 8 / (0.7 * 8 + 8))  # structure 1's, not the mean
 
 
-def test_low_tta_agreement_limit_is_chosen_for_the_worst_structure() -> None:
-    from cardioseg.batch.measure import tta_agreement_flags
+def test_low_confidence_is_on_by_default_and_low_tta_agreement_off() -> None:
+    from cardioseg.batch.measure import confidence_flags, tta_agreement_flags
     from cardioseg.qc import QcLimits
 
-    # 0.93: typical of a good study's worst structure at ES, below the old limit of the mean (0.955)
-    assert tta_agreement_flags([0.99, 0.93], 0, 1) == []
-    (flag,) = tta_agreement_flags([0.99, 0.91], 0, 1)
+    assert QcLimits().confidence_min == 0.912 and QcLimits().tta_agreement_min == 0.0
+    # 0.92: a good study's least certain structure; 0.90: among the cross-validated failures
+    assert confidence_flags([0.97, 0.92], 0, 1) == []
+    (flag,) = confidence_flags([0.97, 0.90], 0, 1)
+    assert "frame 1 (0.90)" in flag.message
+    assert tta_agreement_flags([0.99, 0.10], 0, 1) == []
+    (flag,) = tta_agreement_flags([0.99, 0.91], 0, 1, QcLimits(tta_agreement_min=0.924))
     assert "frame 1 (0.91)" in flag.message and "least consistent structure" in flag.message
-    assert tta_agreement_flags([0.99, 0.93], 0, 1, QcLimits(tta_agreement_min=0.95)) != []
 
 
 def test_a_cine_rotates_its_ed_and_es_frames_only(tmp_path: Path, small_phantom, tiny_weights_path, monkeypatch) -> None:
