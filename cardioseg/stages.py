@@ -139,14 +139,18 @@ def tta_agreement(votes: Sequence[np.ndarray], combined: np.ndarray, frame_slice
     start = 0
     for n in frame_slices:
         ref = combined[start : start + n]
+        in_ref = np.bincount(ref.ravel())  # voxels per label (cheaper than np.unique)
         per_structure: dict[int, list[float]] = {}
         for vote in votes:
             v = vote[start : start + n]
-            for c in np.union1d(np.unique(ref), np.unique(v)):
-                if c == 0:
+            in_vote = np.bincount(v.ravel())
+            for c in range(1, max(len(in_ref), len(in_vote))):
+                size_ref = int(in_ref[c]) if c < len(in_ref) else 0
+                size_vote = int(in_vote[c]) if c < len(in_vote) else 0
+                if size_ref + size_vote == 0:
                     continue
-                a, b = v == c, ref == c
-                per_structure.setdefault(int(c), []).append(2.0 * float((a & b).sum()) / float(a.sum() + b.sum()))
+                both = int(((v == c) & (ref == c)).sum())
+                per_structure.setdefault(c, []).append(2.0 * both / (size_ref + size_vote))
         out.append(min(float(np.mean(s)) for s in per_structure.values()) if per_structure else 1.0)
         start += n
     return out
