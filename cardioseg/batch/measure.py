@@ -139,30 +139,34 @@ def check_frame_indices(ed: int | None, es: int | None, n: int) -> None:
             raise ConfigError(f"{name} frame {value} is outside the cine's frames 0..{n - 1}")
 
 
+def _low_key_frames(values: list[float], ed: int | None, es: int | None, limit: float) -> str | None:
+    """The key frames (ED, ES; every frame of a study without them) whose per-frame value is
+    below ``limit``, as "frame 3 (0.88), ..."; None when there are none."""
+    keys = sorted({i for i in (ed, es) if i is not None}) or list(range(len(values)))
+    low = [f"frame {t} ({values[t]:.2f})" for t in keys if values[t] < limit]
+    return ", ".join(low) if low else None
+
+
 def confidence_flags(confidence: list[float], ed: int | None, es: int | None, limits: QcLimits | None = None) -> list[Flag]:
-    """``low_confidence``: in a key frame (ED, ES; every frame of a study without them) one pass of
-    the network is unsure of a structure: its soft Dice is below ``QcLimits.confidence_min``
-    (``confidence``: per frame, :func:`cardioseg.stages.soft_confidence`)."""
+    """``low_confidence``: in a key frame one pass of the network is unsure of a structure: its
+    soft Dice is below ``QcLimits.confidence_min`` (``confidence``: per frame,
+    :func:`cardioseg.stages.soft_confidence`)."""
     limits = limits or QcLimits()
-    keys = sorted({i for i in (ed, es) if i is not None}) or list(range(len(confidence)))
-    low = [(t, confidence[t]) for t in keys if confidence[t] < limits.confidence_min]
-    if not low:
+    where = _low_key_frames(confidence, ed, es, limits.confidence_min)
+    if where is None:
         return []
-    where = ", ".join(f"frame {t} ({c:.2f})" for t, c in low)
     return [Flag("low_confidence", f"The network is unsure of a structure in {where}: the soft Dice of its "
                  f"probabilities against its own mask is below {limits.confidence_min:g}; check the masks.")]  # fmt: skip
 
 
 def tta_agreement_flags(agreement: list[float], ed: int | None, es: int | None, limits: QcLimits | None = None) -> list[Flag]:
-    """``low_tta_agreement``: in a key frame (ED, ES; every frame of a study without them) the
-    four test-time rotations agree less than ``QcLimits.tta_agreement_min`` on the frame's least
-    consistent structure (``agreement``: per frame, :func:`cardioseg.stages.tta_agreement`)."""
+    """``low_tta_agreement`` (off by default): in a key frame the four test-time rotations agree
+    less than ``QcLimits.tta_agreement_min`` on the frame's least consistent structure
+    (``agreement``: per frame, :func:`cardioseg.stages.tta_agreement`)."""
     limits = limits or QcLimits()
-    keys = sorted({i for i in (ed, es) if i is not None}) or list(range(len(agreement)))
-    low = [(t, agreement[t]) for t in keys if agreement[t] < limits.tta_agreement_min]
-    if not low:
+    where = _low_key_frames(agreement, ed, es, limits.tta_agreement_min)
+    if where is None:
         return []
-    where = ", ".join(f"frame {t} ({a:.2f})" for t, a in low)
     return [Flag("low_tta_agreement", f"The four rotated segmentations disagree in {where}: for the least consistent "
                  f"structure, the mean Dice between each rotation and their combination is below "
                  f"{limits.tta_agreement_min:g}; the model is unsure here.")]  # fmt: skip
