@@ -132,20 +132,27 @@ def _bordering_component(
     slice_axis: int, contact_mm: float,
 ) -> np.ndarray:
     """The component of ``mask`` with the most voxels within ``contact_mm`` in-plane of ``wall``
-    (the largest if none comes that close)."""
-    if not mask.any():
+    (the largest if none comes that close). The work is done on ``mask``'s bounding box grown by
+    the linking radii and the contact reach: the linked components and every wall voxel that
+    reaches a voxel of ``mask`` lie in it (see the note below), so the result is exact."""
+    (box,) = ndimage.find_objects(mask.astype(np.uint8)) or [None]
+    if box is None:
         return mask.copy()
-    components, n, sizes = _linked_components(mask, radii)
+    reach = [0 if a == slice_axis else max(1, round(contact_mm / spacing_mm[a])) for a in range(3)]
+    box = _grow(box, [r + c for r, c in zip(radii, reach)], mask.shape)
+    part, wall = mask[box], wall[box]
+    components, n, sizes = _linked_components(part, radii)
     if n <= 1:
         return mask.copy()
     contact = np.zeros(n + 1, dtype=np.int64)
     if wall.any():
-        reach = [0 if a == slice_axis else max(1, round(contact_mm / spacing_mm[a])) for a in range(3)]
         near = _dilate(wall, _ellipsoid(reach))
-        contact = np.bincount(components[mask & near], minlength=n + 1)
+        contact = np.bincount(components[part & near], minlength=n + 1)
         contact[0] = 0
     best = int(np.argmax(contact)) if contact.max() > 0 else int(np.argmax(sizes))
-    return mask & (components == best)
+    out = np.zeros_like(mask)
+    out[box] = part & (components == best)
+    return out
 
 
 # The work happens in a label's bounding box grown by the dilation radii: nothing outside it

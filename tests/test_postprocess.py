@@ -226,3 +226,25 @@ def test_filling_holes_on_the_bounding_box_equals_whole_slices(seed: int) -> Non
         expected = np.stack([ndimage.binary_fill_holes(s) for s in np.moveaxis(mask, axis, 0)])
         np.testing.assert_array_equal(_fill_holes_in_plane(mask, axis), np.moveaxis(expected, 0, axis))
     assert not _fill_holes_in_plane(np.zeros((4, 4, 2), bool), 2).any()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_bordering_rv_component_on_a_box_equals_the_whole_volume(seed: int) -> None:
+    from scipy import ndimage
+
+    from cardioseg.postprocess import _bordering_component, _ellipsoid, _linked_components
+
+    rng = np.random.default_rng(seed)
+    field = ndimage.gaussian_filter(rng.random((50, 44, 6)), (2.0, 2.0, 0.6))
+    mask = field > np.quantile(field, 0.85)  # several blobs: the RV candidates
+    wall = np.zeros_like(mask)
+    wall[rng.integers(0, 40) :][:10, rng.integers(0, 34) :][:, :10, 1:4] = True
+    radii, reach = [3, 3, 0], [2, 2, 0]
+    components, n, sizes = _linked_components(mask, radii)  # the whole volume, as before the box
+    near = ndimage.binary_dilation(wall, structure=_ellipsoid(reach))
+    contact = np.bincount(components[mask & near], minlength=n + 1)
+    contact[0] = 0
+    best = int(np.argmax(contact)) if contact.max() > 0 else int(np.argmax(sizes))
+    expected = mask & (components == best) if n > 1 else mask
+    got = _bordering_component(mask, wall, radii, (1.0, 1.0, 8.0), 2, 2.0)
+    np.testing.assert_array_equal(got, expected)
