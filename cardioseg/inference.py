@@ -20,6 +20,7 @@ import numpy as np
 from cardioseg.errors import ConfigError
 from cardioseg.geometry import ModelSpace, find_orientation
 from cardioseg.labels import LabelMap
+from cardioseg.models.folding import fold_batch_norm
 from cardioseg.models.inputs import InputSpec, context_indices
 from cardioseg.postprocess import anatomical_clean_up, keep_largest_components
 from cardioseg.preprocess import PreprocessConfig, image_to_model
@@ -28,6 +29,7 @@ from cardioseg.runtime import (
     CPU_BATCH_SIZE,
     DEFAULT_CLEAN_UP,
     DEFAULT_CROP_PX,
+    DEFAULT_TTA_BELOW,
     resolve_batch_size,
     resolve_device,
     resolve_precision,
@@ -39,6 +41,7 @@ from cardioseg.stages import (
     middle_slices,
     resolve_crop_px,
     resolve_tta,
+    rotated_frames,
     soft_confidence,
     tta_agreement,
 )
@@ -59,9 +62,11 @@ class PredictOptions:
     # size around it; 0: the whole field in one stage; None: what the weights recommend (their "inference" entry)
     clean_up: str = DEFAULT_CLEAN_UP  # with postprocess: largest (3D component per label) | anatomy (see postprocess)
     tta: bool | None = None  # test-time augmentation: mean probabilities over 0/90/180/270 deg in-plane rotations
+    # (4x the network's work); None: what the weights recommend
     # which frames of a cine get the rotations: "key" (ED and ES, found on a pass without them) or "all"
     tta_frames: str = "key"
-    # (4x the network's work); None: what the weights recommend
+    # of those, only the frames whose one-pass confidence (stages.soft_confidence) is below this; >= 1: every one
+    tta_below: float = DEFAULT_TTA_BELOW
 
 
 ENSEMBLE_MODES = ("vote", "mean")
@@ -180,6 +185,8 @@ def check_options(options: PredictOptions) -> None:
         raise ConfigError(f"--clean-up {options.clean_up!r}: choose one of {', '.join(CLEAN_UPS)}")
     if options.tta_frames not in ("key", "all"):
         raise ConfigError(f"--tta-frames {options.tta_frames!r}: choose key (ED and ES) or all")
+    if not 0.0 <= options.tta_below <= 1.0:
+        raise ConfigError(f"--tta-below must be from 0 (no frame rotated) to 1 (every frame), got {options.tta_below}")
 
 
 class SegmenterBase:
@@ -316,7 +323,9 @@ class Predictor(SegmenterBase):
         self.precision = resolve_precision(self.options.precision, self.device)
         self.weights = weights
         self.input_spec = weights.input_spec
-        self.model = weights.build_model().to(self.device)
+        self.model = weights.build_model()
+        fold_batch_norm(self.model)  # the same network with one pass less over every activation
+        self.model = self.model.to(self.device)
         if self.input_spec.dims == 2:
             self.model = self.model.to(memory_format=torch.channels_last)
         if self.options.compile:
@@ -370,11 +379,30 @@ class Predictor(SegmenterBase):
         with ``options.tta`` the mean over in-plane rotations by 0, 90, 180 and 270 degrees, each
         rotated back. (Rotations, not mirror flips: training rotates by any angle but never
         mirrors, and a mirrored heart, its RV on the wrong side, is not one the network knows.)"""
+        sizes = [len(f) for f in frames]
         probs = self._forward(frames, plane)
+        confidence = soft_confidence(probs, sizes)
         if self._confidence is not None:
-            self._confidence += soft_confidence(probs, [len(f) for f in frames])
+            self._confidence += confidence
         if not self.tta:
             return probs
+        chosen = rotated_frames(confidence, self.options.tta_below)
+        agreement = [float("nan")] * len(frames)  # NaN (null in a report): not rotated
+        if len(chosen) == len(frames):
+            probs, agreement = self._rotated(frames, plane, probs)
+        elif chosen:
+            starts = np.cumsum([0, *sizes])
+            rows = np.concatenate([np.arange(starts[i], starts[i + 1]) for i in chosen])
+            probs[rows], some = self._rotated([frames[i] for i in chosen], plane, probs[rows])
+            for i, a in zip(chosen, some):
+                agreement[i] = a
+        if self._agreement is not None:
+            self._agreement += agreement
+        return probs
+
+    def _rotated(self, frames: Sequence[np.ndarray], plane: tuple[int, ...], probs: np.ndarray) -> tuple[np.ndarray, list[float]]:
+        """The mean of ``probs`` (the frames' unrotated pass, consumed) and the passes rotated by
+        90, 180 and 270 degrees, each rotated back; and the rotations' agreement per frame."""
         votes = [probs.argmax(axis=1).astype(np.uint8)]
         for k in (1, 2, 3):
             turned = [np.ascontiguousarray(np.rot90(f, k, axes=(-2, -1))) for f in frames]
@@ -382,9 +410,8 @@ class Predictor(SegmenterBase):
             votes.append(back.argmax(axis=1).astype(np.uint8))
             probs += back
         probs /= 4.0
-        if self._agreement is not None:
-            self._agreement += tta_agreement(votes, probs.argmax(axis=1), [len(f) for f in frames])
-        return probs
+        agreement = tta_agreement(votes, probs.argmax(axis=1), [len(f) for f in frames]) if self._agreement is not None else []
+        return probs, agreement
 
     def _forward(self, frames: Sequence[np.ndarray], plane: tuple[int, ...]) -> np.ndarray:
         batches = model_batches(frames, self.input_spec, self.batch_size)

@@ -320,3 +320,45 @@ def test_the_report_names_the_frames_segmented_on_the_whole_grid(tmp_path: Path,
     monkeypatch.setattr("cardioseg.inference.cut_by_crop", lambda labels: next(cut_frames))
     result = cardioseg.predict(ed=ed, es=es, out_dir=tmp_path / "out", weights=tiny_weights_path, device="cpu", crop_px=32)
     assert result[0].report["segmentation"]["crop_grown_frames"] == [1]
+
+
+def test_tta_below_rotates_only_the_frames_one_pass_is_unsure_of(small_phantom, tiny_weights) -> None:
+    """--tta-below: in one batch of frames, those whose one-pass confidence is below the limit get
+    the four rotations (the same probabilities as rotating them alone), the others keep their one
+    pass; their agreement is NaN (null in the report). 0 rotates nothing (the labels of --no-tta),
+    1 every frame."""
+    from cardioseg.stages import soft_confidence
+
+    opts = PredictOptions(device="cpu", precision="fp32", tta=True)
+    plain = Predictor(tiny_weights, replace(opts, tta=False))
+    frames = [plain.to_model(small_phantom.image[..., t], small_phantom.affine)[1] for t in (0, 4)]
+    frames.append(np.random.default_rng(1).normal(0, 1, frames[0].shape).astype(np.float32))  # noise: unsure
+    plane = frames[0].shape[1:]
+    one = [plain._probabilities([f], plane) for f in frames]
+    conf = [soft_confidence(p, [len(p)])[0] for p in one]
+    unsure = int(np.argmin(conf))
+    lowest, second = sorted(conf)[:2]
+    below = (lowest + second) / 2
+    assert lowest < below < second
+
+    def run(limit: float) -> tuple[list[np.ndarray], list[float]]:
+        pred = Predictor(tiny_weights, replace(opts, tta_below=limit))
+        pred._agreement = []
+        probs = pred._probabilities(frames, plane)
+        n = len(frames[0])
+        return [probs[i * n : (i + 1) * n] for i in range(len(frames))], pred._agreement
+
+    rotated, agreement = run(1.0)
+    some, partial = run(below)
+    for i in range(len(frames)):
+        np.testing.assert_allclose(some[i], rotated[i] if i == unsure else one[i], atol=1e-5)
+        assert np.isnan(partial[i]) == (i != unsure)
+    assert partial[unsure] == pytest.approx(agreement[unsure])
+    assert all(not np.allclose(rotated[i], one[i], atol=1e-3) for i in range(len(frames)))  # the rotations change them
+    none, nan = run(0.0)
+    assert np.array_equal(np.concatenate(none), plain._probabilities(frames, plane)) and all(np.isnan(nan))
+    from cardioseg.errors import ConfigError
+    from cardioseg.inference import check_options
+
+    with pytest.raises(ConfigError, match="--tta-below"):
+        check_options(replace(opts, tta_below=1.5))
