@@ -1,13 +1,16 @@
 """Seconds per frame of the segmentation options on real ACDC frames, in one process.
 
     python benchmarks/crop_speed.py [--data ../shared/data/acdc] [--patients 10] [--threads 2] [--out FILE.json]
-        [--weights W] [--variants "crop 128 + tta" ...]
+        [--weights W] [--variants "crop 128 + tta" ...] [--tta-below 0.95 ...] [--no-fold]
     ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python benchmarks/crop_speed.py ...  # AVX2's code path
 
 For each variant (full field; ``--crop-px 160``/``128``, which add stage 1 on the coarse grid;
 ``--tta``) the shipped default network segments the ED and ES frames of the first N patients
 (``Predictor.predict`` on arrays already read: network, resampling and clean-up, no file I/O),
 best of two passes after a warm-up frame. Prints one line per variant with the CPU class.
+``--tta-below L`` adds crop 128 with rotations only on the frames whose one-pass confidence is
+below L; ``--no-fold`` measures the network with its batch norms (before they were folded into
+the convolutions at load).
 """
 
 from __future__ import annotations
@@ -57,7 +60,17 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--weights", default=None, help="weights name or path (default: the shipped default)")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="VARIANT")
+    ap.add_argument("--tta-below", type=float, nargs="*", default=[], metavar="L",
+                    help="add a variant 'crop 128 + tta below L' per L (rotations only where one pass is unsure)")
+    ap.add_argument("--no-fold", action="store_true", help="keep the batch norms (the network before they were folded)")
     args = ap.parse_args()
+    for limit in args.tta_below:
+        VARIANTS[f"crop 128 + tta below {limit:g}"] = {"crop_px": 128, "tta": True, "tta_below": limit}
+        args.variants.append(f"crop 128 + tta below {limit:g}")
+    if args.no_fold:
+        import cardioseg.inference
+
+        cardioseg.inference.fold_batch_norm = lambda model: 0  # type: ignore[assignment]
     if not args.data.is_dir():
         print(f"no ACDC data at {args.data}")
         return 0
@@ -78,7 +91,7 @@ def main() -> int:
             for v in frames:
                 predictor.predict(v.data, v.affine)
             best = min(best, (time.perf_counter() - t0) / len(frames))
-        results[name] = {"s_per_frame": round(best, 4), "precision": predictor.precision}
+        results[name] = {"s_per_frame": round(best, 4), "precision": predictor.precision, "batch_norm_folded": not args.no_fold}
         print(f"{name:18s} {best:.3f} s/frame ({predictor.precision}, {args.threads} threads, {cpu_class()} CPU)", flush=True)
     if args.out:
         record = {"cpu_class": cpu_class(), "weights": args.weights or "default", "frames": len(frames), "results": results}
