@@ -98,17 +98,20 @@ def soft_confidence(probs: np.ndarray, frame_slices: Sequence[int]) -> list[floa
     """
     out = []
     start = 0
+    n_classes = probs.shape[1]
     for n in frame_slices:
         frame = probs[start : start + n]
         start += n
         labels = frame.argmax(axis=1)
+        # where y = c, p_c is the largest probability: sum(p_c [y = c]) per c in one bincount
+        top = np.take_along_axis(frame, labels[:, None], axis=1)[:, 0]
+        inside = np.bincount(labels.ravel(), weights=top.ravel(), minlength=n_classes)
+        size = np.bincount(labels.ravel(), minlength=n_classes)
+        total = frame.sum(axis=(0, 2, 3), dtype=np.float64)
         worst = 1.0
-        for c in range(1, frame.shape[1]):
-            mask = labels == c
-            size = int(mask.sum())
-            if size:
-                p = frame[:, c]
-                worst = min(worst, float(2.0 * p[mask].sum() / (float(p.sum()) + size)))
+        for c in range(1, n_classes):
+            if size[c]:
+                worst = min(worst, float(2.0 * inside[c] / (total[c] + size[c])))
         out.append(worst)
     return out
 

@@ -220,6 +220,27 @@ def test_soft_confidence_is_that_of_the_least_certain_structure() -> None:
     assert second == pytest.approx(2 * 0.7 * 8 / (0.7 * 8 + 8))  # structure 1's, not the mean
 
 
+def test_soft_confidence_equals_its_definition_on_random_probabilities() -> None:
+    """The one-bincount computation against the formula, structure by structure."""
+    from cardioseg.stages import soft_confidence
+
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        logits = rng.normal(0, rng.uniform(0.5, 4), (7, 4, 12, 10)).astype(np.float32)
+        logits[:, 2] -= rng.uniform(0, 6)  # some structures small or absent
+        probs = np.exp(logits)
+        probs /= probs.sum(axis=1, keepdims=True)
+        sizes = [3, 4]
+        expected, start = [], 0
+        for n in sizes:
+            frame, start = probs[start : start + n], start + n
+            labels = frame.argmax(axis=1)
+            values = [2 * frame[:, c][labels == c].sum() / (frame[:, c].sum() + (labels == c).sum())
+                      for c in range(1, 4) if (labels == c).any()]  # fmt: skip
+            expected.append(min(values, default=1.0))
+        np.testing.assert_allclose(soft_confidence(probs, sizes), expected, rtol=1e-5)
+
+
 def test_low_confidence_is_on_by_default_and_low_tta_agreement_off() -> None:
     from cardioseg.batch.measure import confidence_flags, tta_agreement_flags
     from cardioseg.qc import QcLimits
