@@ -1,15 +1,14 @@
 """Seconds per frame of the segmentation options on real ACDC frames, in one process.
 
     python benchmarks/crop_speed.py [--data ../shared/data/acdc] [--patients 10] [--threads 2] [--out FILE.json]
-        [--weights W] [--variants "crop 128 + tta" ...] [--tta-below 0.95 ...] [--no-fold]
+        [--weights W] [--variants "crop 128 + tta" ...] [--no-fold]
     ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python benchmarks/crop_speed.py ...  # AVX2's code path
 
 For each variant (full field; ``--crop-px 160``/``128``, which add stage 1 on the coarse grid;
 ``--tta``) the shipped default network segments the ED and ES frames of the first N patients
 (``Predictor.predict`` on arrays already read: network, resampling and clean-up, no file I/O),
 best of two passes after a warm-up frame. Prints one line per variant with the CPU class.
-``--tta-below L`` adds crop 128 with rotations only on the frames whose one-pass confidence is
-below L; ``--no-fold`` measures the network with its batch norms (before they were folded into
+``--no-fold`` measures the network with its batch norms (before they were folded into
 the convolutions at load).
 """
 
@@ -60,13 +59,8 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--weights", default=None, help="weights name or path (default: the shipped default)")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="VARIANT")
-    ap.add_argument("--tta-below", type=float, nargs="*", default=[], metavar="L",
-                    help="add a variant 'crop 128 + tta below L' per L (rotations only where one pass is unsure)")
     ap.add_argument("--no-fold", action="store_true", help="keep the batch norms (the network before they were folded)")
     args = ap.parse_args()
-    for limit in args.tta_below:
-        VARIANTS[f"crop 128 + tta below {limit:g}"] = {"crop_px": 128, "tta": True, "tta_below": limit}
-        args.variants.append(f"crop 128 + tta below {limit:g}")
     if args.no_fold:
         import cardioseg.inference
 

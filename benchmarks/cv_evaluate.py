@@ -10,8 +10,7 @@ Folds missing from any variant are left out of every variant, so comparisons sta
 A variant "a+b" is the ensemble of runs a and b (``predict`` with each fold's weights of both,
 majority vote): every model in it held out the same patients, so it is scored without leakage.
 A variant "a@opt1,opt2" predicts with run a's weights and inference options (``INFERENCE``:
-``crop128``/``crop160`` two-stage crops, ``anatomy`` clean-up, ``tta`` test-time rotations,
-``belowX`` with them only on the frames whose one-pass confidence is below X, e.g. ``below0.95``);
+``crop128``/``crop160`` two-stage crops, ``anatomy`` clean-up, ``tta`` test-time rotations);
 the options not named are passed explicitly off (full field, largest-component clean-up, no
 TTA), whatever the current defaults or the weights' recommendation.
 """
@@ -42,9 +41,6 @@ def inference_args(variant: str) -> list[str]:
     args: list[str] = []
     chosen = [o for o in opts.split(",") if o]
     for opt in chosen:
-        if opt.startswith("below"):
-            args += ["--tta-below", opt[5:]]
-            continue
         if opt not in INFERENCE:
             raise SystemExit(f"unknown inference option {opt!r} in {variant!r}; choose from {', '.join(INFERENCE)}")
         args += INFERENCE[opt]
@@ -55,8 +51,6 @@ def inference_args(variant: str) -> list[str]:
         args += ["--crop-px", "0"]
     if "tta" not in chosen:
         args += ["--no-tta"]
-    elif not any(o.startswith("below") for o in chosen):
-        args += ["--tta-below", "1"]
     return args
 
 

@@ -16,7 +16,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from cardioseg._version import __version__
 from cardioseg.errors import DEBUG_HINT, CardiosegError
-from cardioseg.runtime import CLEAN_UPS, DEFAULT_CLEAN_UP, DEFAULT_CROP_PX, DEFAULT_TTA_BELOW
+from cardioseg.runtime import CLEAN_UPS, DEFAULT_CLEAN_UP, DEFAULT_CROP_PX
 from cardioseg.train import (
     ARCHES,
     ARCHES_3D,
@@ -123,7 +123,6 @@ def predict(
     clean_up: Annotated[str, typer.Option("--clean-up", rich_help_panel="Model and hardware", help="; ".join(f"{k}: {v}" for k, v in CLEAN_UPS.items()) + ".")] = DEFAULT_CLEAN_UP,
     tta: Annotated[bool | None, typer.Option("--tta/--no-tta", metavar="", rich_help_panel="Model and hardware", help="Average the in-plane rotations by 0/90/180/270 degrees (4x the network's time; default: as the weights recommend).", show_default=False)] = None,
     tta_frames: Annotated[str, typer.Option("--tta-frames", rich_help_panel="Model and hardware", help="Which frames of a cine get the rotations: key (ED and ES, found on a first pass without them: EF and mass as with all, a 30-frame cine in 38 passes instead of 120) | all.")] = "key",
-    tta_below: Annotated[float, typer.Option("--tta-below", rich_help_panel="Model and hardware", help="Of those frames, rotate only the ones whose one-pass confidence is below this (1: every one; 0: none).")] = DEFAULT_TTA_BELOW,
     crop_px: Annotated[int | None, typer.Option("--crop-px", min=0, rich_help_panel="Model and hardware", help="Find the heart on a coarse grid, then segment an N-pixel crop around it (multiple of 16; 0: the whole field in one stage; default: as the weights recommend).", show_default=False)] = DEFAULT_CROP_PX,
     max_voxels: Annotated[int | None, typer.Option("--max-voxels", min=1, rich_help_panel="Input", help="Refuse images with more voxels (X*Y*Z*T) than this, before reading them (default: $CARDIOSEG_MAX_VOXELS or 536870912).")] = None,
     series_uid: Annotated[str | None, typer.Option("--series-uid", rich_help_panel="Input", help="SeriesInstanceUID to read from a DICOM folder that holds several series (the error lists them).")] = None,
@@ -157,7 +156,7 @@ def predict(
                 skip_existing=skip_existing, num_parts=num_parts, part_id=part_id, dry_run=dry_run,
                 on_frame=on_frame, on_result=on_result, on_start=on_start, on_plan=on_plan, on_note=None if quiet else console.note,
                 ensemble=ensemble.value, device=device, precision=precision, batch_size=batch_size,
-                postprocess=not no_postprocess, clean_up=clean_up, crop_px=crop_px, tta=tta, tta_frames=tta_frames, tta_below=tta_below, compile=compile_model, batch_studies=batch_studies,
+                postprocess=not no_postprocess, clean_up=clean_up, crop_px=crop_px, tta=tta, tta_frames=tta_frames, compile=compile_model, batch_studies=batch_studies,
                 myo_density_g_ml=myo_density, ed_frame=ed_frame, es_frame=es_frame, height_cm=height_cm,
                 weight_kg=weight_kg, max_voxels=max_voxels, strict=strict, overlay=overlay, html=html, dicom_seg=dicom_seg, series_uid=series_uid, command=_command_line(),
             )  # fmt: skip

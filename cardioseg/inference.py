@@ -29,7 +29,6 @@ from cardioseg.runtime import (
     CPU_BATCH_SIZE,
     DEFAULT_CLEAN_UP,
     DEFAULT_CROP_PX,
-    DEFAULT_TTA_BELOW,
     resolve_batch_size,
     resolve_device,
     resolve_precision,
@@ -41,7 +40,6 @@ from cardioseg.stages import (
     middle_slices,
     resolve_crop_px,
     resolve_tta,
-    rotated_frames,
     soft_confidence,
     tta_agreement,
 )
@@ -65,8 +63,6 @@ class PredictOptions:
     # (4x the network's work); None: what the weights recommend
     # which frames of a cine get the rotations: "key" (ED and ES, found on a pass without them) or "all"
     tta_frames: str = "key"
-    # of those, only the frames whose one-pass confidence (stages.soft_confidence) is below this; >= 1: every one
-    tta_below: float = DEFAULT_TTA_BELOW
 
 
 ENSEMBLE_MODES = ("vote", "mean")
@@ -185,8 +181,6 @@ def check_options(options: PredictOptions) -> None:
         raise ConfigError(f"--clean-up {options.clean_up!r}: choose one of {', '.join(CLEAN_UPS)}")
     if options.tta_frames not in ("key", "all"):
         raise ConfigError(f"--tta-frames {options.tta_frames!r}: choose key (ED and ES) or all")
-    if not 0.0 <= options.tta_below <= 1.0:
-        raise ConfigError(f"--tta-below must be from 0 (no frame rotated) to 1 (every frame), got {options.tta_below}")
 
 
 class SegmenterBase:
@@ -379,30 +373,11 @@ class Predictor(SegmenterBase):
         with ``options.tta`` the mean over in-plane rotations by 0, 90, 180 and 270 degrees, each
         rotated back. (Rotations, not mirror flips: training rotates by any angle but never
         mirrors, and a mirrored heart, its RV on the wrong side, is not one the network knows.)"""
-        sizes = [len(f) for f in frames]
         probs = self._forward(frames, plane)
-        confidence = soft_confidence(probs, sizes)
         if self._confidence is not None:
-            self._confidence += confidence
+            self._confidence += soft_confidence(probs, [len(f) for f in frames])
         if not self.tta:
             return probs
-        chosen = rotated_frames(confidence, self.options.tta_below)
-        agreement = [float("nan")] * len(frames)  # NaN (null in a report): not rotated
-        if len(chosen) == len(frames):
-            probs, agreement = self._rotated(frames, plane, probs)
-        elif chosen:
-            starts = np.cumsum([0, *sizes])
-            rows = np.concatenate([np.arange(starts[i], starts[i + 1]) for i in chosen])
-            probs[rows], some = self._rotated([frames[i] for i in chosen], plane, probs[rows])
-            for i, a in zip(chosen, some):
-                agreement[i] = a
-        if self._agreement is not None:
-            self._agreement += agreement
-        return probs
-
-    def _rotated(self, frames: Sequence[np.ndarray], plane: tuple[int, ...], probs: np.ndarray) -> tuple[np.ndarray, list[float]]:
-        """The mean of ``probs`` (the frames' unrotated pass, consumed) and the passes rotated by
-        90, 180 and 270 degrees, each rotated back; and the rotations' agreement per frame."""
         votes = [probs.argmax(axis=1).astype(np.uint8)]
         for k in (1, 2, 3):
             turned = [np.ascontiguousarray(np.rot90(f, k, axes=(-2, -1))) for f in frames]
@@ -410,8 +385,9 @@ class Predictor(SegmenterBase):
             votes.append(back.argmax(axis=1).astype(np.uint8))
             probs += back
         probs /= 4.0
-        agreement = tta_agreement(votes, probs.argmax(axis=1), [len(f) for f in frames]) if self._agreement is not None else []
-        return probs, agreement
+        if self._agreement is not None:
+            self._agreement += tta_agreement(votes, probs.argmax(axis=1), [len(f) for f in frames])
+        return probs
 
     def _forward(self, frames: Sequence[np.ndarray], plane: tuple[int, ...]) -> np.ndarray:
         batches = model_batches(frames, self.input_spec, self.batch_size)

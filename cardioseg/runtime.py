@@ -160,6 +160,3 @@ DEFAULT_CLEAN_UP = "anatomy"
 """The clean-up ``cardioseg predict`` and :class:`cardioseg.inference.PredictOptions` use by default."""
 DEFAULT_CROP_PX: int | None = None
 """The default of ``--crop-px``: None, what the weights recommend (0: the whole field of view in one stage)."""
-DEFAULT_TTA_BELOW = 1.0
-"""The default of ``--tta-below``: with test-time rotations, the frames they are spent on are those whose
-one-pass confidence is below this (1: every frame)."""

@@ -116,18 +116,6 @@ def soft_confidence(probs: np.ndarray, frame_slices: Sequence[int]) -> list[floa
     return out
 
 
-def rotated_frames(confidence: Sequence[float], below: float) -> list[int]:
-    """The frames that get test-time rotations: those whose one-pass confidence
-    (:func:`soft_confidence`) is below ``below``; every frame when ``below`` >= 1.
-
-    >>> rotated_frames([0.99, 0.90, 0.95], 0.95), rotated_frames([1.0, 0.9], 1.0), rotated_frames([0.5], 0.0)
-    ([1], [0, 1], [])
-    """
-    if below >= 1.0:
-        return list(range(len(confidence)))
-    return [i for i, c in enumerate(confidence) if c < below]
-
-
 def tta_agreement(votes: Sequence[np.ndarray], combined: np.ndarray, frame_slices: Sequence[int]) -> list[float]:
     """Per frame, how much the test-time rotations agree on its least consistent structure: for
     each structure (label 1..C-1 present in the combined labels or in a rotation's), the mean

@@ -3,7 +3,7 @@ what is asked now.
 
 The fingerprint is a dict of every setting that changes the masks or the numbers of a report:
 the weights (file sha256 of every member), the inference options that change labels (crop,
-test-time rotations and on which frames, clean-up, post-processing, ensemble mode), the study options (density,
+test-time rotations, clean-up, post-processing, ensemble mode), the study options (density,
 ED/ES overrides, height and weight, DICOM series) and cardioseg's version. Not in it: device,
 precision, threads, batch size, compile (how fast, not what: they change at most a handful of
 voxels), and the overlay (an expected output of its own). It is stored in each report
@@ -22,7 +22,7 @@ from cardioseg._version import __version__
 
 __all__ = ["PREDICT_KEYS", "STUDY_KEYS", "changed_settings", "make_fingerprint"]
 
-PREDICT_KEYS = ("crop_px", "tta", "tta_frames", "tta_below", "clean_up", "postprocess", "lcc_tolerance_mm", "ensemble")
+PREDICT_KEYS = ("crop_px", "tta", "tta_frames", "clean_up", "postprocess", "lcc_tolerance_mm", "ensemble")
 STUDY_KEYS = ("myo_density_g_ml", "ed_frame", "es_frame", "height_cm", "weight_kg", "series_uid")
 
 # how a changed setting is named in the note ("2 recomputed: weights changed")
@@ -41,8 +41,6 @@ def make_fingerprint(weights_sha256: Sequence[str], predict: Mapping[str, Any], 
     }
     if len(weights_sha256) < 2:
         settings["ensemble"] = None  # one model: the ensemble mode changes nothing
-    if settings["tta_below"] is None or settings["tta_below"] >= 1.0:
-        del settings["tta_below"]  # every frame rotated, as before the option: earlier reports still match
     text = json.dumps(settings, sort_keys=True, default=str)
     return {"settings": settings, "sha256": hashlib.sha256(text.encode()).hexdigest()}
 

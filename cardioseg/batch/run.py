@@ -11,7 +11,6 @@ forward passes. A failing study is recorded as its result and the batch goes on.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 import traceback
@@ -119,8 +118,7 @@ def segmentation_report(
 ) -> dict[str, Any]:
     """How the masks were made: the crop (0: the full field), the frames segmented again on the
     whole grid because the crop cut the heart (``crop_grown_frames``), test-time rotations (on
-    which frames: ``tta_frames``, "key" for a cine's ED and ES only, and of those the ones whose
-    one-pass confidence is below ``tta_below``; ``tta_rotated_frames``) and how much they agreed per
+    which frames: ``tta_frames``, "key" for a cine's ED and ES only) and how much they agreed per
     frame, one pass's confidence per frame (``confidence``), the clean-up, stage 1's finding."""
     o = predictor.options
     rotated = ("key" if key_frame_rotations(predictor) else "all") if predictor.tta else None
@@ -131,11 +129,8 @@ def segmentation_report(
     }  # fmt: skip
     if predictor.crop_px > 0 and frame_crops is not None:
         out["crop_grown_frames"] = [t for t, c in enumerate(frame_crops) if c > predictor.crop_px]
-    if predictor.tta:
-        out["tta_below"] = o.tta_below
-    if agreement is not None:  # NaN (null in the file) for the frames not rotated
+    if agreement is not None:  # NaN (null in the file) for the frames a cine did not rotate
         out["tta_agreement"] = [round(a, 4) for a in agreement]
-        out["tta_rotated_frames"] = [t for t, a in enumerate(agreement) if not math.isnan(a)]
     if confidence is not None:
         out["confidence"] = [round(c, 4) for c in confidence]
     return out

@@ -319,14 +319,3 @@ def test_html_report_is_kept_like_the_summary(tmp_path, frames, tiny_weights_pat
     assert runner.invoke(app, more).exit_code == 0
     assert 'href="./c_report.json"' in (out / "report.html").read_text()
     assert summary_studies(out) == ["a", "b", "c"]
-
-
-def test_tta_below_enters_the_fingerprint_only_when_it_spares_frames() -> None:
-    """--tta-below 1 (every frame rotated) is what cardioseg did before the option: a report made
-    then still matches; a lower limit changes the masks, so it changes the fingerprint."""
-    from cardioseg.batch.fingerprint import changed_settings, make_fingerprint
-
-    every = make_fingerprint(["w"], {"tta": True, "tta_below": 1.0}, {})
-    assert every == make_fingerprint(["w"], {"tta": True}, {}) and "tta_below" not in every["settings"]
-    some = make_fingerprint(["w"], {"tta": True, "tta_below": 0.95}, {})
-    assert some["settings"]["tta_below"] == 0.95 and changed_settings(every, some) == ["tta below changed"]

@@ -1,20 +1,20 @@
-"""Which frames are worth the test-time rotations?  ``--tta-below L`` rotates only the frames whose
-one-pass confidence (``segmentation.confidence``, :func:`cardioseg.stages.soft_confidence`) is
-below L. The rotations change a frame's labels and nothing else (stage 1, the crop and the
-clean-up are per frame), so the masks of any L are, frame by frame, those of the variant without
-rotations (confidence >= L) or with them on every frame (confidence < L): this script scores
-each L from the two variants' cross-validated scores, without segmenting again.
+"""Would the test-time rotations pay on the unsure frames only?  A policy "rotate a frame only when
+its one-pass confidence (``segmentation.confidence``, :func:`cardioseg.stages.soft_confidence`)
+is below L" changes a frame's labels and nothing else (stage 1, the crop and the clean-up are per
+frame), so its masks are, frame by frame, those of the variant without rotations (confidence >= L)
+or with them on every frame (confidence < L): this script scores each L from the two variants'
+cross-validated scores, without segmenting again. (It is not an option of ``cardioseg predict``:
+on cross-validation the rotations' gain is spread over all frames, docs/cv100/tta_selective.md.)
 
-    python benchmarks/tta_below.py RUNS --off cur@crop128,anatomy --on cur@crop128,anatomy,tta \\
+    python benchmarks/tta_selective.py RUNS --off cur@crop128,anatomy --on cur@crop128,anatomy,tta \\
         [--limits 0.90 0.92 ...] [--train-folds 0 1] [--max-loss 0.001]
 
 Reads RUNS/eval_<variant>/metrics.csv (``cardioseg evaluate`` of ``benchmarks/cv_evaluate.py``)
-and the confidence in RUNS/pred_<on>/<study>_report.json. The limit is chosen on the training
+and the confidence in RUNS/pred_<on>/<study>_report.json. A limit is chosen on the training
 folds only: the lowest L (fewest frames rotated) whose mean Dice there is within ``--max-loss``
 of rotating every frame; it is then shown on the other folds and on all. Columns: frames
 rotated, mean Dice, mean HD95 and HD (mm), LV/RV EF MAE (points), frames with a structure
 Dice < 0.70, and the paired Wilcoxon p of the per-patient mean Dice against rotating every frame.
-Check the chosen L by running it (``cv_evaluate.py --variants ...,tta,belowL``).
 """
 
 from __future__ import annotations
@@ -113,13 +113,13 @@ def main() -> int:
     full_train = score(at(1.0), train)["dice"]
     chosen = min((L for L in args.limits if score(at(L), train)["dice"] >= full_train - args.max_loss), default=1.0)
     print(f"{len(studies)} patients ({len(train)} in training folds {args.train_folds}); chosen on them: "
-          f"--tta-below {chosen:g} (the lowest limit within {args.max_loss:g} mean Dice of rotating every frame)\n")  # fmt: skip
+          f"L = {chosen:g} (the lowest limit within {args.max_loss:g} mean Dice of rotating every frame)\n")  # fmt: skip
     for name, subset in (("training folds", train), ("other folds", test), ("all", studies)):
         if not subset:
             continue
         full = score(at(1.0), subset)
         print(f"### {name} ({len(subset)} patients)\n")
-        print("| --tta-below | frames rotated | mean Dice | p vs every frame | mean HD95 mm | mean HD mm "
+        print("| L | frames rotated | mean Dice | p vs every frame | mean HD95 mm | mean HD mm "
               "| LV EF MAE | RV EF MAE | frames with a Dice < 0.70 |")  # fmt: skip
         print("|---|---|---|---|---|---|---|---|---|")
         for L in args.limits:
