@@ -1,12 +1,14 @@
 """The shipped network under each CPU runtime, side by side on the same slices: eager PyTorch
-fp32 (channels_last or not), eager bf16 autocast (where the CPU has bf16), torch.compile
-(inductor), ONNX Runtime (CPU execution provider). Reports ms per 2D slice of stage 2 (the
+fp32 (channels_last or not), eager bf16 autocast (where the CPU has bf16), each also with the
+batch norms folded into the convolutions (what ``cardioseg predict`` runs since issue 16),
+torch.compile (inductor), ONNX Runtime (CPU execution provider), OpenVINO (CPU, fp32 and, where
+the CPU has bf16, bf16). Reports ms per 2D slice of stage 2 (the
 heart-centred crop), the speed-up over eager fp32 and the label agreement with it.
 
     python benchmarks/runtimes.py ../shared/data/acdc --threads 1 --out benchmarks/results/runtimes.json
 
-ONNX Runtime is optional (``pip install onnxruntime onnx``); a runtime that is missing or fails
-is reported as such. The slices are real: the stage-2 crops of ACDC ED frames (the crop
+ONNX Runtime and OpenVINO are optional (``pip install onnxruntime onnx openvino``); a runtime
+that is missing or fails is reported as such. The slices are real: the stage-2 crops of ACDC ED frames (the crop
 centred on the heart found by stage 1), as ``cardioseg predict`` makes them.
 """
 
@@ -26,6 +28,15 @@ import numpy as np
 
 
 def cpu_class() -> str:
+    """The CPU's class; with ``ONEDNN_MAX_CPU_ISA`` in the environment (the AVX2 code path of
+    ``bench.py --isa``), the cap on it: torch and OpenVINO follow the cap, ONNX Runtime does not."""
+    import os
+
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    return f"{cap.upper()} cap on {_cpu_class()}" if cap else _cpu_class()
+
+
+def _cpu_class() -> str:
     flags = set(re.findall(r"\b(amx_bf16|avx512_bf16|avx512f|avx2)\b", Path("/proc/cpuinfo").read_text()))
     for flag, name in (("amx_bf16", "AMX"), ("avx512_bf16", "AVX-512-BF16"), ("avx512f", "AVX-512"), ("avx2", "AVX2")):
         if flag in flags:
@@ -95,12 +106,32 @@ def main(argv: list[str] | None = None) -> int:
 
         return run
 
+    import copy
+
+    from cardioseg.models.folding import fold_batch_norm
+
+    folded_model = copy.deepcopy(model)
+    fold_batch_norm(folded_model)
+
+    def folded(bf16: bool) -> Callable[[np.ndarray], np.ndarray]:
+        m = folded_model.to(memory_format=torch.channels_last)
+
+        def run(b: np.ndarray) -> np.ndarray:
+            t = torch.from_numpy(b).contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                return m(t).float().numpy()
+
+        return run
+
+    bf16_cpu = results["cpu_class"] in ("AMX", "AVX-512-BF16")  # not under an AVX2 cap: bf16 is emulated there
     runtimes: dict[str, Callable[[], Callable[[np.ndarray], np.ndarray]]] = {
         "eager fp32": lambda: eager(False),
         "eager fp32 channels_last": lambda: eager(True),
+        "eager fp32 channels_last, batch norm folded": lambda: folded(False),
     }
-    if results["cpu_class"] in ("AMX", "AVX-512-BF16"):
+    if bf16_cpu:
         runtimes["eager bf16 channels_last"] = lambda: eager(True, bf16=True)
+        runtimes["eager bf16 channels_last, batch norm folded"] = lambda: folded(True)
 
     def compiled() -> Callable[[np.ndarray], np.ndarray]:
         m = torch.compile(model.to(memory_format=torch.contiguous_format))
@@ -124,8 +155,23 @@ def main(argv: list[str] | None = None) -> int:
         session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         return lambda b: session.run(["y"], {"x": b})[0]
 
+    def openvino(precision: str) -> Callable[[np.ndarray], np.ndarray]:
+        import openvino as ov
+
+        converted = ov.convert_model(model.to(memory_format=torch.contiguous_format),
+                                     example_input=torch.from_numpy(x[: args.batch]),
+                                     input=[(-1, 1, x.shape[2], x.shape[3])])  # fmt: skip
+        compiled_model = ov.Core().compile_model(converted, "CPU", {
+            "INFERENCE_NUM_THREADS": args.threads, "INFERENCE_PRECISION_HINT": precision,
+            "PERFORMANCE_HINT": "LATENCY"})  # fmt: skip
+        request = compiled_model.create_infer_request()
+        return lambda b: np.array(request.infer({0: b})[0])
+
     runtimes["torch.compile (inductor)"] = compiled
-    runtimes["ONNX Runtime (CPU EP)"] = onnxruntime
+    runtimes["ONNX Runtime (CPU EP)" + (", not capped: the CPU's own ISA" if "cap" in results["cpu_class"] else "")] = onnxruntime
+    runtimes["OpenVINO fp32"] = lambda: openvino("f32")
+    if bf16_cpu:
+        runtimes["OpenVINO bf16"] = lambda: openvino("bf16")
     reference: np.ndarray | None = None
     rows = {}
     for name, make in runtimes.items():
