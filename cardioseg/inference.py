@@ -22,7 +22,7 @@ from cardioseg.geometry import ModelSpace, find_orientation
 from cardioseg.labels import LabelMap
 from cardioseg.models.folding import fold_batch_norm
 from cardioseg.models.inputs import InputSpec, context_indices
-from cardioseg.postprocess import anatomical_clean_up, keep_largest_components
+from cardioseg.postprocess import LCC_TOLERANCE_MM, anatomical_clean_up, keep_largest_components
 from cardioseg.preprocess import PreprocessConfig, image_to_model
 from cardioseg.runtime import (
     CLEAN_UPS,
@@ -52,7 +52,7 @@ class PredictOptions:
     precision: str = "auto"  # auto | bf16 | fp32
     batch_size: int | None = None  # 2D slices per forward pass; None: CPU_BATCH_SIZE or GPU_BATCH_SIZE
     postprocess: bool = True  # keep the largest 3D component per label
-    lcc_tolerance_mm: float = 8.0  # in-plane reach when linking pieces across slice gaps
+    lcc_tolerance_mm: float = LCC_TOLERANCE_MM  # in-plane reach linking pieces in adjacent slices (0: 3D connectivity)
     ensemble: str = "vote"  # vote | mean: how an Ensemble combines its members (see Ensemble)
     compile: bool = False  # torch.compile the network (pays off on a GPU for long batches)
     batch_studies: bool | None = None  # batch mode: pool slices of several studies; None: on a GPU only

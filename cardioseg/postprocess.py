@@ -13,20 +13,29 @@ from collections.abc import Iterable
 import numpy as np
 from scipy import ndimage
 
+LCC_TOLERANCE_MM = 0.0
+"""The default in-plane reach that links a structure's pieces in adjacent slices (0: plain 3D
+26-connectivity). 8 mm until issue 16: cross-validated on the 100 ACDC patients with the shipped
+inference, 0 gives mean HD 10.8 vs 11.7 mm (p < 0.001; lower in folds 0-1 and 2-4 alike), HD95
+4.58 vs 4.85 mm, mean Dice 0.901 vs 0.900, and no loss with adjacent slices misregistered by
+~9 mm (docs/cv100/lcc.md): the stray pieces a reach links cost more than the real ones it keeps."""
+
 
 def largest_component(
     mask: np.ndarray,
     spacing_mm: tuple[float, float, float],
     slice_axis: int = 2,
-    tolerance_mm: float = 8.0,
+    tolerance_mm: float = LCC_TOLERANCE_MM,
 ) -> np.ndarray:
     """Keep the largest 3D connected component of a binary mask (returns a new array).
 
-    Short-axis stacks have 5-10 mm between slices, so a basal or apical piece often does not
-    touch its neighbour slice voxel-for-voxel even though it belongs to the same structure.
-    Connectivity is therefore tested on a copy dilated in-plane by ``tolerance_mm`` (26-
+    Short-axis stacks have 5-10 mm between slices, so a basal or apical piece may not touch its
+    neighbour slice voxel-for-voxel even though it belongs to the same structure. With
+    ``tolerance_mm`` > 0, connectivity is tested on a copy dilated in-plane by that reach (26-
     connected across adjacent slices); the component with the most voxels of the original
-    mask is kept, and only original voxels are returned.
+    mask is kept, and only original voxels are returned. The default, 0 (plain 3D
+    26-connectivity), was chosen by cross-validation (:data:`LCC_TOLERANCE_MM`): on ACDC the
+    pieces a reach links are more often wrong than right.
 
     >>> m = np.zeros((9, 9, 2), bool); m[1:3, 1:3, 0] = True; m[4:6, 4:6, 1] = True
     >>> int(largest_component(m, (1.0, 1.0, 10.0), tolerance_mm=0).sum())
@@ -50,7 +59,7 @@ def keep_largest_components(
     spacing_mm: tuple[float, float, float],
     label_values: Iterable[int],
     slice_axis: int = 2,
-    tolerance_mm: float = 8.0,
+    tolerance_mm: float = LCC_TOLERANCE_MM,
 ) -> np.ndarray:
     """Apply :func:`largest_component` to each label of a 3D label volume (new array)."""
     values = [int(v) for v in label_values]
@@ -77,7 +86,7 @@ def anatomical_clean_up(
     myo: int,
     rv: int,
     slice_axis: int = 2,
-    tolerance_mm: float = 8.0,
+    tolerance_mm: float = LCC_TOLERANCE_MM,
     contact_mm: float = 4.0,
 ) -> np.ndarray:
     """Keep the components of a 3D label volume that form a heart (returns a new array).

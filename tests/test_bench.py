@@ -201,11 +201,12 @@ def test_cropped_largest_component_equals_whole_volume():
             expected = _largest_component_reference(blobs, spacing, 2, tol)
             assert np.array_equal(largest_component(blobs, spacing, 2, tol), expected)
         labels = (rng.integers(1, 4, shape) * blobs).astype(np.uint8)
-        out = keep_largest_components(labels, spacing, (1, 2, 3))
-        ref = np.zeros_like(labels)
-        for v in (1, 2, 3):
-            ref[_largest_component_reference(labels == v, spacing)] = v
-        assert np.array_equal(out, ref)
+        for tol in (0.0, 8.0):
+            out = keep_largest_components(labels, spacing, (1, 2, 3), tolerance_mm=tol)
+            ref = np.zeros_like(labels)
+            for v in (1, 2, 3):
+                ref[_largest_component_reference(labels == v, spacing, tolerance_mm=tol)] = v
+            assert np.array_equal(out, ref)
 
 
 @pytest.mark.parametrize(
