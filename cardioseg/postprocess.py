@@ -96,7 +96,7 @@ def anatomical_clean_up(
        component inside it;
     2. holes of the LV cavity, slice by slice, become cavity (ACDC: papillary muscles and
        trabeculations belong to the cavity);
-    3. of the RV components (linked across slice gaps as in :func:`largest_component`), the one
+    3. of the RV components (linked as in :func:`largest_component`), the one
        with the most voxels within ``contact_mm`` in-plane of the kept myocardium (the RV
        borders the septum); the largest one if none touches it.
 
