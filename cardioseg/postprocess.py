@@ -15,7 +15,7 @@ from scipy import ndimage
 
 LCC_TOLERANCE_MM = 0.0
 """The default in-plane reach that links a structure's pieces in adjacent slices (0: plain 3D
-26-connectivity). 8 mm until issue 16: cross-validated on the 100 ACDC patients with the shipped
+26-connectivity). 8 mm until 4 December 2026 (issue 15): cross-validated on the 100 ACDC patients with the shipped
 inference, 0 gives mean HD 10.8 vs 11.7 mm (p < 0.001; lower in folds 0-1 and 2-4 alike), HD95
 4.58 vs 4.85 mm, mean Dice 0.901 vs 0.900, and no loss with adjacent slices misregistered by
 ~9 mm (docs/cv100/lcc.md): the stray pieces a reach links cost more than the real ones it keeps."""
