@@ -8,7 +8,10 @@ scored by ``cardioseg evaluate`` against the variant of ``--compare``.
 ``--shift PX``: the same on copies of the held-out patients with every other slice rolled by +PX
 and the others by -PX pixels in-plane (image and reference alike): slices misregistered against
 each other, the case a linking reach exists for. Resumable (patients with a report are skipped).
-Outputs RUNS/pred_lcc<TOL>[_shift<PX>] and RUNS/eval_lcc<TOL>[_shift<PX>]; docs/cv100/lcc.md.
+``--class-weight C W``: an experiment, not an option of ``cardioseg predict``: class C's
+probabilities multiplied by W before the argmax (``Predictor._grow_if_cut`` wrapped), to see
+whether more RV in the slices the network misses lowers the Hausdorff distance (it did not).
+Outputs RUNS/pred_lcc<TOL>[_shift<PX>][_w<C>_<W>] and the same eval_; docs/cv100/lcc.md.
 """
 
 from __future__ import annotations
@@ -55,8 +58,23 @@ def main() -> int:
     ap.add_argument("--shift", type=int, default=0)
     ap.add_argument("--folds", type=int, nargs="+", default=None)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--class-weight", nargs=2, type=float, default=None, metavar=("C", "W"))
     args = ap.parse_args()
     name = f"lcc{args.tolerance_mm:g}" + (f"_shift{args.shift}" if args.shift else "")
+    if args.class_weight is not None:
+        from cardioseg import inference
+
+        cls, weight = int(args.class_weight[0]), args.class_weight[1]
+        name += f"_w{cls}_{weight:g}"
+        grow = inference.Predictor._grow_if_cut
+
+        def weighted(self, *a, **k):  # type: ignore[no-untyped-def]
+            space, probs = grow(self, *a, **k)
+            probs = probs.copy()
+            probs[:, cls] *= weight
+            return space, probs
+
+        inference.Predictor._grow_if_cut = weighted  # type: ignore[method-assign]
     out = args.runs / f"pred_{name}"
     data = args.data
     folds = {k: w for k, w in fold_weights(args.runs / "cur").items() if args.folds is None or k in args.folds}
