@@ -149,6 +149,7 @@ class TrainConfig:
     scale_min: float = 0.8  # random isotropic scale of each crop (DMR paper: 0.8-1.2)
     scale_max: float = 1.2
     intensity_aug: float = 0.0  # > 0: gamma/contrast/bias field/blur/low resolution, each with this probability
+    hard_slices: float = 1.0  # sampling weight of basal and apical slices (position <= 0.2 or >= 0.8) vs the others; 1: uniform
     fold: int = 0  # the held-out validation fold
     all_patients: bool = False  # train on every patient of the cache: no validation, the last epoch exported
     n_folds: int = 5
@@ -220,6 +221,10 @@ class TrainConfig:
             )
         if not 0 <= self.intensity_aug <= 1:
             raise ConfigError(f"--intensity-aug is a probability in [0, 1], got {self.intensity_aug}")
+        if not self.hard_slices > 0:
+            raise ConfigError(f"--hard-slices is a sampling weight > 0, got {self.hard_slices}")
+        if self.hard_slices != 1.0 and self.arch in ARCHES_3D:
+            raise ConfigError("--hard-slices weights 2D slices; a 3D network trains on whole frames")
         if self.shape_epochs < 1:
             raise ConfigError(f"--shape-epochs must be at least 1, got {self.shape_epochs}")
         self.input_spec()  # --context-slices: odd, and 1 for a 3D network

@@ -181,7 +181,7 @@ class Trainer:
         cfg = self.cfg
         rng = np.random.default_rng([cfg.seed, epoch, self.rank])
         torch.manual_seed(cfg.seed * 100003 + epoch * 101 + self.rank)
-        order = np.random.default_rng([cfg.seed, epoch]).permutation(len(self.data.samples))[self.rank :: self.world]
+        order = self.epoch_order(epoch)
         self.module.train()
         t0 = time.time()
         sums = np.zeros(len(LOSS_COLUMNS))
@@ -193,6 +193,19 @@ class Trainer:
             self.callbacks.on_step()
         self.sched.step()
         return sums / self.steps, time.time() - t0
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """This rank's samples of an epoch, drawn from (seed, epoch): a permutation of all of them,
+        or with ``hard_slices`` != 1 as many drawn with replacement, the basal and apical slices
+        (position <= 0.2 or >= 0.8 in their stack) with that weight against the others."""
+        cfg, n = self.cfg, len(self.data.samples)
+        draw = np.random.default_rng([cfg.seed, epoch])
+        if cfg.hard_slices == 1.0:
+            return draw.permutation(n)[self.rank :: self.world]
+        stacks = np.asarray(self.data.samples)
+        position = self.data.positions.numpy()[stacks[:, stacks.shape[1] // 2]]
+        weight = np.where((position <= 0.2) | (position >= 0.8), cfg.hard_slices, 1.0)
+        return draw.choice(n, size=n, p=weight / weight.sum())[self.rank :: self.world]
 
     def train_step(self, idx: np.ndarray, rng: np.random.Generator) -> dict[str, Any]:
         """One optimisation step on the samples ``idx`` (then the discriminator's, for the

@@ -215,3 +215,25 @@ def test_all_patients_trains_on_every_patient_without_validation_and_exports_the
     assert any("last epoch 2, no validation" in m for m in messages)
     messages.clear()
     assert train(replace(cfg, epochs=3), resume=True, callbacks=logger(messages)) == path
+
+
+def test_hard_slices_draw_the_basal_and_apical_slices_with_their_weight(tiny_cache: Path, tmp_path: Path) -> None:
+    """--hard-slices W: an epoch draws as many samples as there are, with replacement, the
+    slices in the outer fifth of their stack W times as likely as the others; 1 keeps the
+    permutation; the draw depends on (seed, epoch) only."""
+    uniform = Trainer(tiny_cfg(tiny_cache, tmp_path / "u"))
+    uniform.setup()
+    n = len(uniform.data.samples)
+    assert sorted(uniform.epoch_order(0).tolist()) == list(range(n))
+    trainer = Trainer(tiny_cfg(tiny_cache, tmp_path / "h", hard_slices=4.0))
+    trainer.setup()
+    stacks = np.asarray(trainer.data.samples)
+    position = trainer.data.positions.numpy()[stacks[:, stacks.shape[1] // 2]]
+    hard = (position <= 0.2) | (position >= 0.8)
+    assert 0 < hard.sum() < n
+    draws = np.concatenate([trainer.epoch_order(e) for e in range(300)])
+    assert len(trainer.epoch_order(0)) == n and np.array_equal(trainer.epoch_order(5), trainer.epoch_order(5))
+    expected = 4.0 * hard.sum() / (4.0 * hard.sum() + (~hard).sum())
+    assert abs(hard[draws].mean() - expected) < 0.02
+    with pytest.raises(ConfigError, match="--hard-slices"):
+        tiny_cfg(tiny_cache, tmp_path / "bad", hard_slices=0.0).check()
