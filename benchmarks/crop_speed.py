@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import sys
 import time
 from pathlib import Path
@@ -33,7 +34,8 @@ VARIANTS: dict[str, dict[str, object]] = {  # every option explicit (the weights
 
 
 def cpu_class() -> str:
-    """The CPU's class; with an instruction-set cap in the environment (``bench.py --isa``), the cap on it."""
+    """The CPU's class; with an instruction-set cap in the environment (``bench.py --isa``), the cap on it
+    (torch and OpenVINO follow the cap, ONNX Runtime does not)."""
     cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
     return f"{cap.upper()} cap on {_cpu_class()}" if cap else _cpu_class()
 
@@ -48,7 +50,7 @@ def _cpu_class() -> str:
         return "AVX-512"
     if "avx2" in flags:
         return "AVX2"
-    return "other"
+    return "ARM" if platform.machine().lower() in ("arm64", "aarch64") else "other"
 
 
 def main() -> int:

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import re
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,23 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-
-def cpu_class() -> str:
-    """The CPU's class; with ``ONEDNN_MAX_CPU_ISA`` in the environment (the AVX2 code path of
-    ``bench.py --isa``), the cap on it: torch and OpenVINO follow the cap, ONNX Runtime does not."""
-    import os
-
-    cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
-    return f"{cap.upper()} cap on {_cpu_class()}" if cap else _cpu_class()
-
-
-def _cpu_class() -> str:
-    flags = set(re.findall(r"\b(amx_bf16|avx512_bf16|avx512f|avx2)\b", Path("/proc/cpuinfo").read_text()))
-    for flag, name in (("amx_bf16", "AMX"), ("avx512_bf16", "AVX-512-BF16"), ("avx512f", "AVX-512"), ("avx2", "AVX2")):
-        if flag in flags:
-            return name
-    return "ARM" if platform.machine().lower() in ("arm64", "aarch64") else "other"
+from crop_speed import cpu_class  # the CPU's class, with an ISA cap named (benchmarks/ on sys.path)
 
 
 def real_slices(acdc: Path, n_patients: int) -> np.ndarray:
@@ -94,8 +76,15 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"cpu_class": cpu_class(), "threads": args.threads, "slices": len(x),
                                "slice_px": list(x.shape[2:]), "batch": args.batch, "torch": torch.__version__}  # fmt: skip
 
-    def eager(channels_last: bool, bf16: bool = False) -> Callable[[np.ndarray], np.ndarray]:
-        m = model.to(memory_format=torch.channels_last) if channels_last else model.to(memory_format=torch.contiguous_format)
+    import copy
+
+    from cardioseg.models.folding import fold_batch_norm
+
+    folded_model = copy.deepcopy(model)
+    fold_batch_norm(folded_model)
+
+    def eager(channels_last: bool, bf16: bool = False, net: Any = model) -> Callable[[np.ndarray], np.ndarray]:
+        m = net.to(memory_format=torch.channels_last) if channels_last else net.to(memory_format=torch.contiguous_format)
 
         def run(b: np.ndarray) -> np.ndarray:
             t = torch.from_numpy(b)
@@ -106,32 +95,15 @@ def main(argv: list[str] | None = None) -> int:
 
         return run
 
-    import copy
-
-    from cardioseg.models.folding import fold_batch_norm
-
-    folded_model = copy.deepcopy(model)
-    fold_batch_norm(folded_model)
-
-    def folded(bf16: bool) -> Callable[[np.ndarray], np.ndarray]:
-        m = folded_model.to(memory_format=torch.channels_last)
-
-        def run(b: np.ndarray) -> np.ndarray:
-            t = torch.from_numpy(b).contiguous(memory_format=torch.channels_last)
-            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                return m(t).float().numpy()
-
-        return run
-
     bf16_cpu = results["cpu_class"] in ("AMX", "AVX-512-BF16")  # not under an AVX2 cap: bf16 is emulated there
     runtimes: dict[str, Callable[[], Callable[[np.ndarray], np.ndarray]]] = {
         "eager fp32": lambda: eager(False),
         "eager fp32 channels_last": lambda: eager(True),
-        "eager fp32 channels_last, batch norm folded": lambda: folded(False),
+        "eager fp32 channels_last, batch norm folded": lambda: eager(True, net=folded_model),
     }
     if bf16_cpu:
         runtimes["eager bf16 channels_last"] = lambda: eager(True, bf16=True)
-        runtimes["eager bf16 channels_last, batch norm folded"] = lambda: folded(True)
+        runtimes["eager bf16 channels_last, batch norm folded"] = lambda: eager(True, bf16=True, net=folded_model)
 
     def compiled() -> Callable[[np.ndarray], np.ndarray]:
         m = torch.compile(model.to(memory_format=torch.contiguous_format))
