@@ -3,7 +3,7 @@ segmented by the fold model that held it out with the shipped inference (crop 12
 anatomy clean-up) and one in-plane linking reach (``PredictOptions.lcc_tolerance_mm``), then
 scored by ``cardioseg evaluate`` against the variant of ``--compare``.
 
-    python benchmarks/cv_lcc.py RUNS TOL [--compare "RUNS/pred_cur@crop128,anatomy,tta"] [--shift PX --folds 0]
+    python benchmarks/cv_lcc.py RUNS TOL [--compare "RUNS/pred_cur@crop128,anatomy,tta"] [--shift PX --folds 0] [--run RUN]
 
 ``--shift PX``: the same on copies of the held-out patients with every other slice rolled by +PX
 and the others by -PX pixels in-plane (image and reference alike): slices misregistered against
@@ -59,8 +59,9 @@ def main() -> int:
     ap.add_argument("--folds", type=int, nargs="+", default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--class-weight", nargs=2, type=float, default=None, metavar=("C", "W"))
+    ap.add_argument("--run", default="cur", help="the fold models of RUNS/RUN (default cur); outputs named <RUN>_lcc<TOL> unless cur")
     args = ap.parse_args()
-    name = f"lcc{args.tolerance_mm:g}" + (f"_shift{args.shift}" if args.shift else "")
+    name = ("" if args.run == "cur" else f"{args.run}_") + f"lcc{args.tolerance_mm:g}" + (f"_shift{args.shift}" if args.shift else "")
     if args.class_weight is not None:
         from cardioseg import inference
 
@@ -77,7 +78,7 @@ def main() -> int:
         inference.Predictor._grow_if_cut = weighted  # type: ignore[method-assign]
     out = args.runs / f"pred_{name}"
     data = args.data
-    folds = {k: w for k, w in fold_weights(args.runs / "cur").items() if args.folds is None or k in args.folds}
+    folds = {k: w for k, w in fold_weights(args.runs / args.run).items() if args.folds is None or k in args.folds}
     for w in folds.values():
         patients = load_weights(str(w)).meta["training"]["val_patients"]
         if args.shift:

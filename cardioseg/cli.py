@@ -306,6 +306,8 @@ def train(
     scale_max: Annotated[float | None, typer.Option("--scale-max", help=f"Largest random scale of a crop (default {SHIPPED_RECIPE['scale_max']}).", show_default=False)] = None,
     intensity_aug: Annotated[float | None, typer.Option("--intensity-aug", min=0.0, max=1.0, help=f"Probability of each of gamma, contrast, bias field, blur and low-resolution simulation per crop (other scanners; 0: off; default {SHIPPED_RECIPE['intensity_aug']}).", show_default=False)] = None,
     hard_slices: Annotated[float, typer.Option("--hard-slices", min=0.01, help="Sampling weight of the basal and apical slices (the outer fifth of each stack at either end) against the others (1: uniform).")] = 1.0,
+    keep: Annotated[str, typer.Option("--keep", help="Checkpoint to export: best (highest held-out Dice: an optimistic score for that fold) or last (the last epoch: what cross-validation should score).")] = "best",
+    val_every: Annotated[int, typer.Option("--val-every", min=1, help="Validate on the held-out patients every this many epochs (and after the last).")] = 1,
     base_width: Annotated[int, typer.Option("--base-width", min=1, help="Channels at full resolution.")] = 16,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     threads: Annotated[int, typer.Option("--threads", min=0, help="Torch CPU threads (0: torch's default).")] = 0,
@@ -334,7 +336,7 @@ def train(
         cache=str(cache), out=str(out), arch=arch, context_slices=context_slices,
         base_width=base_width, weighting=weighting, dm_weight=dm_weight, lr=lr,
         batch_size=batch_size, crop_px=crop_px, fold=fold, all_patients=all_patients, seed=seed, threads=threads, name=name,
-        hard_slices=hard_slices, **recipe,
+        hard_slices=hard_slices, keep=keep, val_every=val_every, **recipe,
         regularizer=regularizer, reg_weight=reg_weight, position_weight=position_weight, shape_epochs=shape_epochs,
     )  # fmt: skip
     try:

@@ -109,3 +109,40 @@ def test_wall_thickness_benchmark_on_a_tiny_acdc_tree(tmp_path, small_phantom, c
     assert set(result["by_group"]) == {"HCM", "NOR"} and result["by_group"]["HCM"]["n"] == 1
     assert result["max_thickness"]["n"] == 2 and result["max_thickness"]["mae"] == 0.0
     assert "| HCM | 1 |" in capsys.readouterr().out
+
+
+def _write_eval(folder: Path, dice: dict[tuple[str, str, str], float], ef: dict[str, tuple[float, float]]) -> Path:
+    """A ``cardioseg evaluate`` folder with the columns cv_paired reads (HD = 10 x (1 - Dice))."""
+    folder.mkdir(parents=True)
+    with open(folder / "metrics.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["study", "phase", "label", "dice", "hd_mm", "hd95_mm"])
+        for (study, phase, label), d in dice.items():
+            w.writerow([study, phase, label, d, 10 * (1 - d), 5 * (1 - d)])
+        w.writerow(["patient001", "ED", "average", 0.0, 0.0, 0.0])  # not a structure: ignored
+    with open(folder / "clinical.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        keys = ("lv_ef_pct", "rv_ef_pct", "lv_mass_g")
+        w.writerow(["study", "group", *[f"{k}_{s}" for k in keys for s in ("pred", "ref")]])
+        for study, (pred, ref) in ef.items():
+            w.writerow([study, "NOR", *[v for _ in keys for v in (pred, ref)]])
+    return folder
+
+
+def test_cv_paired_means_worst_dice_gross_frames_and_clinical_errors(tmp_path):
+    cv_paired = _load("cv_paired")
+    frames = [(f"patient{i:03d}", ph, lab) for i in range(1, 7) for ph in ("ED", "ES") for lab in ("lv", "myo", "rv")]
+    a = {k: 0.9 for k in frames}
+    a[("patient002", "ES", "rv")] = 0.6  # one gross failure in A
+    b = {k: 0.95 for k in frames}
+    a_dir = _write_eval(tmp_path / "a", a, {f"patient{i:03d}": (50.0 + i, 50.0) for i in range(1, 7)})
+    b_dir = _write_eval(tmp_path / "b", b, {f"patient{i:03d}": (50.0, 50.0) for i in range(1, 8)})
+    text = cv_paired.table(a_dir, b_dir, "old", "new")
+    assert text.startswith("6 patients in both")
+    mean_a = (0.9 * 35 + 0.6) / 36
+    assert f"| mean Dice | {sum(v for k, v in a.items() if k[0] <= 'patient006') / 36:.4f} | 0.9500 |" in text
+    assert f"{mean_a:.4f}" in text and "| worst structure Dice | 0.850 | 0.950 |" in text
+    assert "| frames with a structure Dice < 0.70 | 1 | 0 | |" in text and "old: patient002 ES; new: none" in text
+    assert "| RV | ES | 0.850 | 0.950 |" in text  # mean over the 6 patients' ES RV
+    assert "| LV EF % | old | " in text and "| +3.5 | 3.50 | – |" in text  # bias and MAE of 1..6
+    assert "| LV EF % | new | nan | +0.0 | 0.00 | 0.031 |" in text  # constant: r undefined; p over 6 pairs

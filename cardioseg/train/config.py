@@ -155,6 +155,7 @@ class TrainConfig:
     n_folds: int = 5
     seed: int = 0
     val_every: int = 1
+    keep: str = "best"  # the checkpoint exported: "best" (held-out Dice: optimistic as that fold's score) or "last" epoch
     threads: int = 0  # torch threads, set by the caller (``cardioseg train``); 0: torch's default
     name: str = ""  # weights name; "" -> derived, e.g. "dmr-unet2d-acdc-fold0"
     regularizer: str = "none"  # one of REGULARIZERS (training only, never exported)
@@ -221,6 +222,10 @@ class TrainConfig:
             )
         if not 0 <= self.intensity_aug <= 1:
             raise ConfigError(f"--intensity-aug is a probability in [0, 1], got {self.intensity_aug}")
+        if self.keep not in ("best", "last"):
+            raise ConfigError(f"--keep is best or last, got {self.keep!r}")
+        if self.val_every < 1:
+            raise ConfigError(f"--val-every is a number of epochs >= 1, got {self.val_every}")
         if not self.hard_slices > 0:
             raise ConfigError(f"--hard-slices is a sampling weight > 0, got {self.hard_slices}")
         if self.hard_slices != 1.0 and self.arch in ARCHES_3D:

@@ -42,7 +42,7 @@ from cardioseg.train.shape_prior import pretrain_shape_autoencoder, regularizer_
 
 __all__ = ["Trainer", "train"]
 
-_UNCHECKED_ON_RESUME = {"epochs", "threads", "out", "cache"}  # may change when a run resumes
+_UNCHECKED_ON_RESUME = {"epochs", "threads", "out", "cache", "val_every"}  # may change when a run resumes
 
 
 class Trainer:
@@ -296,9 +296,10 @@ class Trainer:
 
     def checkpoint(self, epoch: int, val: dict[str, float]) -> None:
         """``best.pt`` when ``val`` beats the best so far, then ``last.pt`` (everything a resume
-        needs), each written atomically. Trained on every patient (no validation), ``best.pt``
-        is the last epoch's model."""
-        if (val and val["dice_mean"] > self.best["dice_mean"]) or self.cfg.all_patients:
+        needs), each written atomically. Trained on every patient (no validation) or with
+        ``keep == "last"`` (cross-validation: no checkpoint chosen on the held-out patients),
+        ``best.pt`` is the last epoch's model."""
+        if (val and val["dice_mean"] > self.best["dice_mean"]) or self.cfg.all_patients or self.cfg.keep == "last":
             self.best = {"dice_mean": -1.0, **val, "epoch": epoch + 1}
             save_atomic({"model": self.model.state_dict(), "best": json.dumps(self.best)}, self.best_path)
         state = {"module": self.module.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),

@@ -217,6 +217,36 @@ def test_all_patients_trains_on_every_patient_without_validation_and_exports_the
     assert train(replace(cfg, epochs=3), resume=True, callbacks=logger(messages)) == path
 
 
+def test_keep_last_exports_the_last_epoch_whatever_the_validation(tiny_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--keep last (cross-validation): best.pt and the export are the last epoch even when an
+    earlier one scored higher on the held-out patients; --val-every validates every N epochs and
+    after the last; the default keeps the best-scoring epoch."""
+    from dataclasses import replace
+
+    from cardioseg.train import validation
+    from cardioseg.weights import load_weights
+
+    scores = iter([0.9, 0.5, 0.9, 0.5])  # epochs 2 and 4 of each run (val_every 2; 4 is the last)
+
+    def fake_validate(*args: object, **kwargs: object) -> dict[str, float]:
+        return {"dice_mean": next(scores)}
+
+    monkeypatch.setattr(validation, "validate", fake_validate)
+    messages: list[str] = []
+    cfg = tiny_cfg(tiny_cache, tmp_path / "last", epochs=4, val_every=2, keep="last")
+    path = train(cfg, callbacks=logger(messages))
+    rows = log_rows(tmp_path / "last")
+    assert [r["val_dice_mean"] for r in rows] == ["nan", "0.9000", "nan", "0.5000"]
+    assert load_weights(path).meta["training"]["best_epoch"] == 4
+    assert any("last epoch 4" in m for m in messages)
+    best = train(replace(cfg, out=str(tmp_path / "best"), keep="best"), callbacks=logger(messages))
+    assert load_weights(best).meta["training"]["best_epoch"] == 2
+    with pytest.raises(ConfigError, match="--keep"):
+        replace(cfg, keep="first").check()
+    with pytest.raises(ConfigError, match="--val-every"):
+        replace(cfg, val_every=0).check()
+
+
 def test_hard_slices_draw_the_basal_and_apical_slices_with_their_weight(tiny_cache: Path, tmp_path: Path) -> None:
     """--hard-slices W: an epoch draws as many samples as there are, with replacement, the
     slices in the outer fifth of their stack W times as likely as the others; 1 keeps the
