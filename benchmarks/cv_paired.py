@@ -1,6 +1,6 @@
 """Two cross-validated evaluations side by side, paired per patient, from their files alone.
 
-    python benchmarks/cv_paired.py EVAL_A EVAL_B [--names A B] [--out FILE.md]
+    python benchmarks/cv_paired.py EVAL_A EVAL_B [--names A B] [--out FILE.md] [--worst-csv FILE.csv]
 
 EVAL_A and EVAL_B are ``cardioseg evaluate`` folders (``metrics.csv``, ``clinical.csv``) of the
 same patients, each patient scored by a model that never saw it (``cv_evaluate.py``,
@@ -14,6 +14,7 @@ evaluation (``benchmarks/results/...``) can be the baseline of a new one. Writes
 - LV EF, RV EF and LV mass against the references: Pearson r, bias, mean absolute error (MAE),
   and the Wilcoxon p of the absolute errors.
 
+``--worst-csv``: each patient's worst structure Dice in A and in B, and where (phase, structure).
 Only the patients present in both are used (the count is printed).
 """
 
@@ -87,6 +88,21 @@ def gross_frames(metrics: dict[tuple[str, str, str], dict[str, float]], studies:
     return out
 
 
+def worst_rows(a_dir: Path, b_dir: Path) -> list[list[str]]:
+    """[study, worst Dice A, where, worst Dice B, where] for the patients in both."""
+    ma, mb = read_metrics(a_dir), read_metrics(b_dir)
+    studies = sorted({k[0] for k in ma} & {k[0] for k in mb})
+    rows = []
+    for s in studies:
+        row = [s]
+        for m in (ma, mb):
+            d, where = min(((v["dice"], f"{ph} {lab}") for (st, ph, lab), v in m.items() if st == s and math.isfinite(v["dice"])),
+                           default=(math.nan, ""))  # fmt: skip
+            row += [f"{d:.4f}", where]
+        rows.append(row)
+    return rows
+
+
 def table(a_dir: Path, b_dir: Path, name_a: str, name_b: str) -> str:
     ma, mb = read_metrics(a_dir), read_metrics(b_dir)
     studies = sorted({k[0] for k in ma} & {k[0] for k in mb})
@@ -140,6 +156,7 @@ def main() -> int:
     ap.add_argument("eval_b", type=Path)
     ap.add_argument("--names", nargs=2, default=("A", "B"))
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--worst-csv", type=Path, default=None)
     args = ap.parse_args()
     for d in (args.eval_a, args.eval_b):
         if not (d / "metrics.csv").is_file() or not (d / "clinical.csv").is_file():
@@ -148,6 +165,12 @@ def main() -> int:
     text = table(args.eval_a, args.eval_b, *args.names)
     if args.out is not None:
         args.out.write_text(text)
+    if args.worst_csv is not None:
+        a, b = args.names
+        with open(args.worst_csv, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["study", f"worst_dice_{a}", f"where_{a}", f"worst_dice_{b}", f"where_{b}"])
+            w.writerows(worst_rows(args.eval_a, args.eval_b))
     print(text)
     return 0
 

@@ -146,3 +146,5 @@ def test_cv_paired_means_worst_dice_gross_frames_and_clinical_errors(tmp_path):
     assert "| RV | ES | 0.850 | 0.950 |" in text  # mean over the 6 patients' ES RV
     assert "| LV EF % | old | " in text and "| +3.5 | 3.50 | – |" in text  # bias and MAE of 1..6
     assert "| LV EF % | new | nan | +0.0 | 0.00 | 0.031 |" in text  # constant: r undefined; p over 6 pairs
+    rows = cv_paired.worst_rows(a_dir, b_dir)
+    assert rows[1] == ["patient002", "0.6000", "ES rv", "0.9500", "ED lv"] and len(rows) == 6
