@@ -30,6 +30,9 @@ import numpy as np
 
 from cardioseg.metrics import agreement, wilcoxon_p
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cv_table import p_text  # the CV tables' p format
+
 STRUCTURES = (("lv", "LV"), ("myo", "MYO"), ("rv", "RV"))
 PHASES = ("ED", "ES")
 CLINICAL = (("lv_ef_pct", "LV EF %"), ("rv_ef_pct", "RV EF %"), ("lv_mass_g", "LV mass g"))
@@ -61,12 +64,6 @@ def read_clinical(folder: Path) -> dict[str, dict[str, float]]:
         return {row["study"]: {k: _float(v) for k, v in row.items() if k not in ("study", "group")} for row in csv.DictReader(f)}
 
 
-def p_text(p: float) -> str:
-    if math.isnan(p):
-        return "–"
-    return f"{p:.2g}" if p >= 0.001 else "<0.001"
-
-
 def per_patient(metrics: dict[tuple[str, str, str], dict[str, float]], studies: list[str], key: str, how: str) -> np.ndarray:
     """One value per study: the mean (``how`` = "mean") or minimum of ``key`` over its frames and structures."""
     values = []
@@ -88,10 +85,15 @@ def gross_frames(metrics: dict[tuple[str, str, str], dict[str, float]], studies:
     return out
 
 
+def read_both(a_dir: Path, b_dir: Path) -> tuple[dict, dict, list[str]]:
+    """Both evaluations' metrics and the studies they share, sorted."""
+    ma, mb = read_metrics(a_dir), read_metrics(b_dir)
+    return ma, mb, sorted({k[0] for k in ma} & {k[0] for k in mb})
+
+
 def worst_rows(a_dir: Path, b_dir: Path) -> list[list[str]]:
     """[study, worst Dice A, where, worst Dice B, where] for the patients in both."""
-    ma, mb = read_metrics(a_dir), read_metrics(b_dir)
-    studies = sorted({k[0] for k in ma} & {k[0] for k in mb})
+    ma, mb, studies = read_both(a_dir, b_dir)
     rows = []
     for s in studies:
         row = [s]
@@ -104,8 +106,7 @@ def worst_rows(a_dir: Path, b_dir: Path) -> list[list[str]]:
 
 
 def table(a_dir: Path, b_dir: Path, name_a: str, name_b: str) -> str:
-    ma, mb = read_metrics(a_dir), read_metrics(b_dir)
-    studies = sorted({k[0] for k in ma} & {k[0] for k in mb})
+    ma, mb, studies = read_both(a_dir, b_dir)
     lines = [(f"{len(studies)} patients in both (`{a_dir}` = {name_a}, `{b_dir}` = {name_b}); "
              "p: two-sided paired Wilcoxon signed-rank test."), ""]  # fmt: skip
 

@@ -163,6 +163,11 @@ class TrainConfig:
     position_weight: float = 0.1  # scn/srscn: lambda_SC of the slice-position loss (positions in [0, 1])
     shape_epochs: int = 20  # srnn/srscn/acnn: pre-training epochs of the shape autoencoder
 
+    @property
+    def exports_last_epoch(self) -> bool:
+        """The exported checkpoint is the last epoch's: no validation (``all_patients``) or ``keep == "last"``."""
+        return self.all_patients or self.keep == "last"
+
     def resolved_lr(self) -> float:
         if self.lr > 0:
             return self.lr

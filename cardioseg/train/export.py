@@ -72,5 +72,5 @@ def export_run(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> Pa
     )
     if log is not None:
         val_text = f"val dice {best['dice_mean']:.4f}" if best.get("dice_mean", -1) >= 0 else "no validation"
-        log(f"exported {exported} ({'last' if cfg.all_patients or cfg.keep == 'last' else 'best'} epoch {best.get('epoch')}, {val_text})")
+        log(f"exported {exported} ({'last' if cfg.exports_last_epoch else 'best'} epoch {best.get('epoch')}, {val_text})")
     return exported

@@ -299,7 +299,7 @@ class Trainer:
         needs), each written atomically. Trained on every patient (no validation) or with
         ``keep == "last"`` (cross-validation: no checkpoint chosen on the held-out patients),
         ``best.pt`` is the last epoch's model."""
-        if (val and val["dice_mean"] > self.best["dice_mean"]) or self.cfg.all_patients or self.cfg.keep == "last":
+        if (val and val["dice_mean"] > self.best["dice_mean"]) or self.cfg.exports_last_epoch:
             self.best = {"dice_mean": -1.0, **val, "epoch": epoch + 1}
             save_atomic({"model": self.model.state_dict(), "best": json.dumps(self.best)}, self.best_path)
         state = {"module": self.module.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
