@@ -38,6 +38,7 @@ from cardioseg.stages import (
     Localisation,
     crop_centre,
     middle_slices,
+    resolve_confidence_min,
     resolve_crop_px,
     resolve_tta,
     soft_confidence,
@@ -194,6 +195,7 @@ class SegmenterBase:
     options: PredictOptions
     crop_px: int = 0  # resolved: 0 (one stage, the whole field) or the crop of stage 2
     tta: bool = False  # resolved: test-time rotations on or off
+    confidence_min: float | None = None  # resolved: QC's low_confidence limit for these weights (None: QcLimits')
     _agreement: list[float] | None = None  # per frame, while predict() collects it (Predictor only)
     _confidence: list[float] | None = None  # per frame, one pass's confidence, while predict() collects it (Predictor only)
     _crops: list[int] | None = None  # per frame, the grid stage 2 used (0: the full field), while predict() collects it
@@ -329,6 +331,7 @@ class Predictor(SegmenterBase):
         check_options(self.options)
         self.crop_px = resolve_crop_px(self.options.crop_px, weights)
         self.tta = resolve_tta(self.options.tta, weights)
+        self.confidence_min = resolve_confidence_min(weights)
 
     def locate(self, frame: np.ndarray, affine: np.ndarray) -> Localisation:
         """Stage 1: the network on the middle half of the slices (:func:`middle_slices`) of one

@@ -79,6 +79,20 @@ def resolve_tta(requested: bool | None, weights: LoadedWeights) -> bool:
     return recommended
 
 
+def resolve_confidence_min(weights: LoadedWeights) -> float:
+    """The ``low_confidence`` limit of QC for these weights: ``meta["inference"]["confidence_min"]``
+    (chosen by cross-validating fold models of the weights' own recipe: a longer-trained network
+    is surer of itself, good segmentations and failures alike), else ``QcLimits.confidence_min``."""
+    from cardioseg.qc import QcLimits
+
+    recommended = (weights.meta.get("inference") or {}).get("confidence_min")
+    if recommended is None:
+        return QcLimits().confidence_min
+    if isinstance(recommended, bool) or not isinstance(recommended, (int, float)) or not 0 < recommended < 1:
+        raise WeightsError(f'"{weights.path}": unusable QC confidence limit {recommended!r} (a number in (0, 1) expected)')
+    return float(recommended)
+
+
 def soft_confidence(probs: np.ndarray, frame_slices: Sequence[int]) -> list[float]:
     """Per frame, how sure one pass of the network is of its least certain structure: for each
     structure c (label 1..C-1) in the argmax labels y, the soft Dice of its probabilities p_c

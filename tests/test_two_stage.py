@@ -59,7 +59,7 @@ def test_no_heart_found_segments_the_full_field_and_is_flagged(tmp_path: Path, s
     report = json.loads((tmp_path / "crop" / "f_report.json").read_text())
     assert "heart_not_localised" in report["qc_flags"] and "heart_not_localised" not in full[0].report["qc_flags"]
     (confidence,) = report["segmentation"].pop("confidence")  # one frame, one pass's confidence
-    assert 0.0 < confidence <= 1.0
+    assert 0.0 < confidence <= 1.0 and report["segmentation"].pop("confidence_min") == 0.912  # the tiny weights name none
     assert report["segmentation"] == {"crop_px": 32, "tta": False, "tta_frames": None, "postprocess": "anatomy",
                                       "localisation": {"found": False, "centre_world_mm": None, "heart_area_mm2": 0.0},
                                       "crop_grown_frames": []}  # fmt: skip
@@ -205,6 +205,48 @@ def test_one_pass_confidence_is_reported_per_frame_with_and_without_rotations(tm
     assert confidence_flags([0.95, 0.5, 0.95], 0, 2, limits) == []  # frame 1 is neither ED nor ES
     (flag,) = confidence_flags([0.95, 0.5, 0.85], 0, 2, limits)
     assert flag.code == "low_confidence" and "frame 2 (0.85)" in flag.message
+
+
+def test_the_weights_own_confidence_limit_decides_low_confidence(tmp_path: Path, small_phantom, tiny_weights_path) -> None:
+    """A longer-trained network is surer of itself, so its limit travels in its checkpoint
+    (``meta["inference"]["confidence_min"]``): the flag and the report follow it."""
+    import cardioseg
+    from cardioseg.qc import QcLimits
+    from cardioseg.weights import recommend_inference
+
+    pair = [save_nifti(tmp_path / "in" / f"f{t}.nii.gz", small_phantom.image[..., t], small_phantom.affine) for t in (0, 2)]
+
+    def run(weights: Path, out: str) -> dict:
+        (result,) = cardioseg.predict(out_dir=tmp_path / out, ed=pair[0], es=pair[1], weights=weights, device="cpu",
+                                      precision="fp32", tta=False)  # fmt: skip
+        return result.report
+
+    plain = run(tiny_weights_path, "plain")
+    low, high = min(plain["segmentation"]["confidence"]), max(plain["segmentation"]["confidence"])
+    assert plain["segmentation"]["confidence_min"] == QcLimits().confidence_min
+    assert 0 < low <= high < 1
+    for limit, flagged in ((high + (1 - high) / 2, True), (low / 2, False)):
+        stamped = tmp_path / f"w{limit:.6f}.pt"
+        recommend_inference(tiny_weights_path, 0, False, "a test", out=stamped, confidence_min=limit)
+        report = run(stamped, f"out{limit:.6f}")
+        assert report["segmentation"]["confidence"] == plain["segmentation"]["confidence"]  # same network
+        assert report["segmentation"]["confidence_min"] == limit
+        assert ("low_confidence" in report["qc_flags"]) is flagged, report["qc_flags"]
+
+
+@pytest.mark.parametrize("value", [0.0, 1.0, 1.5, "0.9", True])
+def test_an_unusable_confidence_limit_in_the_weights_is_refused(value, tiny_weights_path) -> None:
+    from dataclasses import replace
+
+    from cardioseg.errors import WeightsError
+    from cardioseg.stages import resolve_confidence_min
+    from cardioseg.weights import load_weights
+
+    weights = load_weights(tiny_weights_path)
+    assert resolve_confidence_min(weights) == 0.912  # none recorded: QcLimits'
+    bad = replace(weights, meta={**weights.meta, "inference": {"confidence_min": value}})
+    with pytest.raises(WeightsError, match="unusable QC confidence limit"):
+        resolve_confidence_min(bad)
 
 
 def test_soft_confidence_is_that_of_the_least_certain_structure() -> None:

@@ -39,11 +39,12 @@ def measure_study(
     agreement: list[float] | None = None,
     detected: tuple[int, int] | None = None,
     confidence: list[float] | None = None,
+    confidence_min: float | None = None,
 ) -> Measurements:
     """Volumes of every frame, ED/ES, the clinical measures and the QC flags of a segmented study
     (``study.kind`` already FRAME, CINE or PAIR). ``detected``: a cine's ED and ES frames as found
     on a first pass (``predict_cine_key_frames``), used instead of finding them on these masks.
-    Raises QcError for a flag under ``--strict``."""
+    ``confidence_min``: the weights' ``low_confidence`` limit (None: ``QcLimits``'). Raises QcError for a flag under ``--strict``."""
     height = options.height_cm if options.height_cm is not None else study.height_cm
     weight = options.weight_kg if options.weight_kg is not None else study.weight_kg
     if study.kind is StudyKind.CINE:
@@ -73,7 +74,8 @@ def measure_study(
     if agreement is not None and len(agreement) == len(per_frame):
         flags += tta_agreement_flags(agreement, ed_i, es_i)
     if confidence is not None and len(confidence) == len(per_frame):
-        flags += confidence_flags(confidence, ed_i, es_i)
+        limits = QcLimits() if confidence_min is None else QcLimits(confidence_min=confidence_min)
+        flags += confidence_flags(confidence, ed_i, es_i, limits)
     if localisation is not None and not localisation.found:
         flags.append(Flag("heart_not_localised", "Stage 1 found no heart (LV cavity and myocardium) on the coarse "
                           "grid, so the whole field of view was segmented: check the masks."))  # fmt: skip

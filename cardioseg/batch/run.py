@@ -31,6 +31,7 @@ from cardioseg.batch.segmenter import Segmenter
 from cardioseg.batch.studies import BatchInterrupted, Study, StudyKind, StudyOptions, StudyResult
 from cardioseg.errors import DEBUG_HINT, CardiosegError, ConfigError, UnsupportedInputError
 from cardioseg.io import Volume, read_volume, write_mask
+from cardioseg.qc import QcLimits
 from cardioseg.report import build_report, provenance, write_report
 
 if TYPE_CHECKING:
@@ -133,6 +134,7 @@ def segmentation_report(
         out["tta_agreement"] = [round(a, 4) for a in agreement]
     if confidence is not None:
         out["confidence"] = [round(c, 4) for c in confidence]
+        out["confidence_min"] = QcLimits().confidence_min if predictor.confidence_min is None else predictor.confidence_min
     return out
 
 
@@ -279,7 +281,8 @@ def run_study(
     agreement = stats.get("tta_agreement") or None
     confidence = stats.get("confidence") or None
     m = measure_study(
-        study, volumes, masks, predictor.label_map, options, localisation, agreement, detected, confidence)  # fmt: skip
+        study, volumes, masks, predictor.label_map, options, localisation, agreement, detected, confidence,
+        predictor.confidence_min)  # fmt: skip
     if options.dicom_seg and (volumes[0].meta.source != "dicom" or study.kind is StudyKind.PAIR):
         m.warnings.append("no DICOM-SEG written (--dicom-seg): the input is not one DICOM series")
     mask_paths = output_paths(study, out_dir)[: len(volumes)]

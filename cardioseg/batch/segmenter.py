@@ -42,6 +42,9 @@ class Segmenter(Protocol):
     def tta(self) -> bool: ...  # test-time rotations
 
     @property
+    def confidence_min(self) -> float | None: ...  # QC's low_confidence limit for these weights (None: QcLimits')
+
+    @property
     def weights_report(self) -> dict[str, Any]: ...
 
     def localise(self, data: np.ndarray, affine: np.ndarray) -> Localisation | None:

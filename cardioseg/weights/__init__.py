@@ -259,11 +259,13 @@ def export_weights(
 
 
 def recommend_inference(
-    path: Path, crop_px: int, tta: bool, chosen_by: str, out: Path | None = None, name: str | None = None
+    path: Path, crop_px: int, tta: bool, chosen_by: str, out: Path | None = None, name: str | None = None,
+    confidence_min: float | None = None,
 ) -> str:
     """Record in a checkpoint how it should run by default (``meta["inference"]``: the two-stage
     crop and test-time rotations ``cardioseg predict`` then uses unless told otherwise) and what
-    chose that; ``name``: the registry name it is shipped under. The parameters are unchanged
+    chose that; ``name``: the registry name it is shipped under; ``confidence_min``: QC's
+    ``low_confidence`` limit for this network (None: ``QcLimits``'). The parameters are unchanged
     (same ``state_sha256``). Writes ``out`` (default: ``path``, replaced atomically) and returns
     its sha256, for ``registry.json``."""
     import torch
@@ -273,6 +275,10 @@ def recommend_inference(
     _load_verified(Path(path), None)  # a cardioseg checkpoint, intact
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     ckpt["inference"] = {"crop_px": int(crop_px), "tta": bool(tta), "chosen_by": str(chosen_by)}
+    if confidence_min is not None:
+        if not 0 < confidence_min < 1:
+            raise ValueError(f"confidence_min {confidence_min!r} is not in (0, 1)")
+        ckpt["inference"]["confidence_min"] = float(confidence_min)
     if name is not None:
         ckpt["name"] = name
     target = Path(out) if out is not None else Path(path)
