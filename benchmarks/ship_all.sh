@@ -6,8 +6,8 @@
 #
 # 1. train (or finish): the shipped recipe (cardioseg train's defaults), all patients, 120 epochs,
 #    one checkpoint per epoch; 80-140 s per epoch on one AMX core, minutes on a GPU;
-# 2. record the inference the cross-validation chose (160-px crop, test-time rotations) in the
-#    exported checkpoint, parameters unchanged;
+# 2. record the inference the cross-validation chose (128-px crop, test-time rotations, QC's
+#    low_confidence limit) in the exported checkpoint, parameters unchanged;
 # 3. copy it over cardioseg/weights/dmr-unet2d-acdc.pt and put its sha256 in registry.json.
 # Then: run the tests, `make demo` (the sample patient is now among the training patients, and the
 # demo says so), and update cardioseg/weights/README.md (model card: data = all 100 patients, the
@@ -28,8 +28,9 @@ from cardioseg.weights import recommend_inference, sha256_file
 src = Path(sys.argv[1])
 dst = Path("cardioseg/weights/dmr-unet2d-acdc.pt")
 tmp = src.with_name("shipped.pt")
-recommend_inference(src, 128, True, "5-fold CV of the shipped recipe and of crops 128 vs 160 on the 100 ACDC patients (docs/cv100/README.md)",
-                    out=tmp, name="dmr-unet2d-acdc")
+recommend_inference(src, 128, True, "5-fold CV of the shipped recipe and of crops 128 vs 160 on the 100 ACDC patients (docs/cv100/README.md); "
+                    "confidence_min: held-out patients of 120-epoch fold models of this recipe (docs/cv100/epochs.md)",
+                    out=tmp, name="dmr-unet2d-acdc", confidence_min=0.942)
 shutil.copyfile(tmp, dst)
 registry = Path("cardioseg/weights/registry.json")
 entries = json.loads(registry.read_text())
