@@ -11,7 +11,8 @@
 # second than one with 2 threads): each fold is locked (flock on RUNS/name/foldK.lock) by the
 # copy that trains it, and the others move on to the next fold. A killed copy's lock goes with it.
 #
-# Then score every inference variant with each patient's own fold model:
+# Then score the default inference (and the QC limit) in one go: bash benchmarks/cv100_score.sh RECIPE
+# or every inference variant with each patient's own fold model:
 #   python benchmarks/cv_evaluate.py RUNS --variants cur cur@crop160,tta ...
 #   python benchmarks/cv_table.py RUNS --variants ... --out docs/cv100/README.md
 #   python benchmarks/qc_recall.py RUNS --variants ...
