@@ -249,7 +249,7 @@ def list_weights() -> None:
         raise _fail(f"no registered weights in {weights_dir()}")
     for row in rows:
         typer.echo(f"{row['name']}\n  file      {row['file']}\n  sha256    {row['sha256']}\n  training  {row['training']}"
-                   f"\n  license   {row['license']}\n  CV        {row['cv']}\n")  # fmt: skip
+                   f"\n  license   {row['license']}\n  defaults  {row.get('defaults', '')}\n  CV        {row['cv']}\n")  # fmt: skip
     typer.echo("Use one with --weights NAME (or a checkpoint path); model cards: cardioseg/weights/README.md")
 
 

@@ -287,6 +287,19 @@ def recommend_inference(
     return sha256_file(target)
 
 
+def _inference_text(meta: dict[str, Any]) -> str:
+    """How ``cardioseg predict`` runs these weights unless told otherwise (``meta["inference"]``)."""
+    from cardioseg.qc import QcLimits
+
+    found = meta.get("inference")
+    inference: dict[str, Any] = found if isinstance(found, dict) else {}
+    crop = inference.get("crop_px", 0)
+    parts = [f"two stages, {crop}-px crop" if crop else "one stage, whole field",
+             "test-time rotations" if inference.get("tta") else "no rotations",
+             f"QC low_confidence below {inference.get('confidence_min', QcLimits().confidence_min):g}"]  # fmt: skip
+    return ", ".join(parts)
+
+
 def describe_registered() -> list[dict[str, str]]:
     """One row per registered model, for ``cardioseg weights``: name, file, sha256, training
     data, license and cross-validation figures (read from each checkpoint and the registry)."""
@@ -304,6 +317,6 @@ def describe_registered() -> list[dict[str, str]]:
             data = str(training.get("data", "not recorded"))
             if isinstance(training.get("train_patients"), list):
                 data += f"; trained on {len(training['train_patients'])} of them"
-            row.update(training=data, license=str(meta.get("license", "not recorded")))
+            row.update(training=data, license=str(meta.get("license", "not recorded")), defaults=_inference_text(meta))
         rows.append(row)
     return rows
