@@ -24,6 +24,7 @@ from cardioseg.models.folding import fold_batch_norm
 from cardioseg.models.inputs import InputSpec, context_indices
 from cardioseg.postprocess import LCC_TOLERANCE_MM, anatomical_clean_up, keep_largest_components
 from cardioseg.preprocess import PreprocessConfig, image_to_model
+from cardioseg.qc import QcLimits
 from cardioseg.runtime import (
     CLEAN_UPS,
     CPU_BATCH_SIZE,
@@ -195,7 +196,7 @@ class SegmenterBase:
     options: PredictOptions
     crop_px: int = 0  # resolved: 0 (one stage, the whole field) or the crop of stage 2
     tta: bool = False  # resolved: test-time rotations on or off
-    confidence_min: float | None = None  # resolved: QC's low_confidence limit for these weights (None: QcLimits')
+    confidence_min: float = QcLimits().confidence_min  # resolved: QC's low_confidence limit for these weights
     _agreement: list[float] | None = None  # per frame, while predict() collects it (Predictor only)
     _confidence: list[float] | None = None  # per frame, one pass's confidence, while predict() collects it (Predictor only)
     _crops: list[int] | None = None  # per frame, the grid stage 2 used (0: the full field), while predict() collects it

@@ -74,7 +74,7 @@ def measure_study(
     if agreement is not None and len(agreement) == len(per_frame):
         flags += tta_agreement_flags(agreement, ed_i, es_i)
     if confidence is not None and len(confidence) == len(per_frame):
-        limits = QcLimits() if confidence_min is None else QcLimits(confidence_min=confidence_min)
+        limits = None if confidence_min is None else QcLimits(confidence_min=confidence_min)
         flags += confidence_flags(confidence, ed_i, es_i, limits)
     if localisation is not None and not localisation.found:
         flags.append(Flag("heart_not_localised", "Stage 1 found no heart (LV cavity and myocardium) on the coarse "

@@ -31,7 +31,6 @@ from cardioseg.batch.segmenter import Segmenter
 from cardioseg.batch.studies import BatchInterrupted, Study, StudyKind, StudyOptions, StudyResult
 from cardioseg.errors import DEBUG_HINT, CardiosegError, ConfigError, UnsupportedInputError
 from cardioseg.io import Volume, read_volume, write_mask
-from cardioseg.qc import QcLimits
 from cardioseg.report import build_report, provenance, write_report
 
 if TYPE_CHECKING:
@@ -134,7 +133,7 @@ def segmentation_report(
         out["tta_agreement"] = [round(a, 4) for a in agreement]
     if confidence is not None:
         out["confidence"] = [round(c, 4) for c in confidence]
-        out["confidence_min"] = QcLimits().confidence_min if predictor.confidence_min is None else predictor.confidence_min
+        out["confidence_min"] = predictor.confidence_min
     return out
 
 

@@ -42,7 +42,7 @@ class Segmenter(Protocol):
     def tta(self) -> bool: ...  # test-time rotations
 
     @property
-    def confidence_min(self) -> float | None: ...  # QC's low_confidence limit for these weights (None: QcLimits')
+    def confidence_min(self) -> float: ...  # QC's low_confidence limit for these weights
 
     @property
     def weights_report(self) -> dict[str, Any]: ...

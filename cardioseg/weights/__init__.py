@@ -287,16 +287,15 @@ def recommend_inference(
     return sha256_file(target)
 
 
-def _inference_text(meta: dict[str, Any]) -> str:
-    """How ``cardioseg predict`` runs these weights unless told otherwise (``meta["inference"]``)."""
-    from cardioseg.qc import QcLimits
+def _inference_text(weights: LoadedWeights) -> str:
+    """How ``cardioseg predict`` runs these weights unless told otherwise (``meta["inference"]``,
+    read by the resolvers ``predict`` itself uses)."""
+    from cardioseg.stages import resolve_confidence_min, resolve_crop_px, resolve_tta
 
-    found = meta.get("inference")
-    inference: dict[str, Any] = found if isinstance(found, dict) else {}
-    crop = inference.get("crop_px", 0)
+    crop = resolve_crop_px(None, weights)
     parts = [f"two stages, {crop}-px crop" if crop else "one stage, whole field",
-             "test-time rotations" if inference.get("tta") else "no rotations",
-             f"QC low_confidence below {inference.get('confidence_min', QcLimits().confidence_min):g}"]  # fmt: skip
+             "test-time rotations" if resolve_tta(None, weights) else "no rotations",
+             f"QC low_confidence below {resolve_confidence_min(weights):g}"]  # fmt: skip
     return ", ".join(parts)
 
 
@@ -308,7 +307,8 @@ def describe_registered() -> list[dict[str, str]]:
         row = {"name": name + (" (default)" if name == DEFAULT_WEIGHTS else ""), "file": entry["file"],
                "sha256": entry["sha256"], "cv": entry.get("cv", "not cross-validated")}  # fmt: skip
         try:
-            meta = load_weights(name).meta
+            weights = load_weights(name)
+            meta, defaults = weights.meta, _inference_text(weights)
         except CardiosegError as exc:
             row.update(training=f"cannot be loaded: {exc}", license="")
         else:
@@ -317,6 +317,6 @@ def describe_registered() -> list[dict[str, str]]:
             data = str(training.get("data", "not recorded"))
             if isinstance(training.get("train_patients"), list):
                 data += f"; trained on {len(training['train_patients'])} of them"
-            row.update(training=data, license=str(meta.get("license", "not recorded")), defaults=_inference_text(meta))
+            row.update(training=data, license=str(meta.get("license", "not recorded")), defaults=defaults)
         rows.append(row)
     return rows
