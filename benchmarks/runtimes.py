@@ -1,6 +1,7 @@
 """The shipped network under each CPU runtime, side by side on the same slices: eager PyTorch
 fp32 (channels_last or not), eager bf16 autocast (where the CPU has bf16), each also with the
-batch norms folded into the convolutions (what ``cardioseg predict`` runs since issue 16),
+batch norms folded into the convolutions (since issue 16), bf16 weights with each convolution and
+its ReLU one oneDNN call (``cardioseg.models.fusion``: what ``cardioseg predict`` runs in bf16),
 torch.compile (inductor), ONNX Runtime (CPU execution provider), OpenVINO (CPU, fp32 and, where
 the CPU has bf16, bf16). Reports ms per 2D slice of stage 2 (the
 heart-centred crop), the speed-up over eager fp32 and the label agreement with it.
@@ -95,6 +96,20 @@ def main(argv: list[str] | None = None) -> int:
 
         return run
 
+    def fused_bf16() -> Callable[[np.ndarray], np.ndarray]:
+        from cardioseg.models.fusion import bf16_cpu_network
+
+        net = bf16_cpu_network(folded_model, torch.zeros(1, 1, 64, 64))
+        if net is None:
+            raise RuntimeError("the fused convolution does not run here")
+
+        def run(b: np.ndarray) -> np.ndarray:
+            t = torch.from_numpy(b).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode():
+                return net(t).float().numpy()
+
+        return run
+
     bf16_cpu = results["cpu_class"] in ("AMX", "AVX-512-BF16")  # not under an AVX2 cap: bf16 is emulated there
     runtimes: dict[str, Callable[[], Callable[[np.ndarray], np.ndarray]]] = {
         "eager fp32": lambda: eager(False),
@@ -104,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     if bf16_cpu:
         runtimes["eager bf16 channels_last"] = lambda: eager(True, bf16=True)
         runtimes["eager bf16 channels_last, batch norm folded"] = lambda: eager(True, bf16=True, net=folded_model)
+        runtimes["eager bf16 weights, batch norm folded, conv + ReLU one oneDNN call (cardioseg's bf16 path)"] = fused_bf16
+
 
     def compiled() -> Callable[[np.ndarray], np.ndarray]:
         m = torch.compile(model.to(memory_format=torch.contiguous_format))

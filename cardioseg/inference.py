@@ -154,18 +154,24 @@ def forward_probabilities(
 
     On a GPU the input goes through pinned memory with asynchronous copies, and the batches'
     outputs stay on the device until one copy back at the end, so the host never waits for a
-    batch in between. ``plane`` (H, W) shapes the empty result of no batches.
+    batch in between. ``bf16``: compute in bf16, under autocast, or, for a network whose weights
+    are already bf16 (the fused CPU network of :mod:`cardioseg.models.fusion`), on bf16 inputs.
+    ``plane`` (H, W) shapes the empty result of no batches.
     """
     import torch
 
     cuda = device.startswith("cuda")
     out = []
     kind = device.split(":")[0]
-    with torch.inference_mode(), torch.autocast(kind, dtype=torch.bfloat16, enabled=bf16):
+    # a network already in bf16 (cardioseg.models.fusion, on a CPU) takes bf16 inputs, no autocast
+    native = bf16 and next(model.parameters()).dtype == torch.bfloat16
+    with torch.inference_mode(), torch.autocast(kind, dtype=torch.bfloat16, enabled=bf16 and not native):
         for batch in batches:
             x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
             if cuda:
                 x = x.pin_memory().to(device, non_blocking=True)
+            if native:
+                x = x.to(torch.bfloat16)
             if x.ndim == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             probs = torch.softmax(model(x).float(), dim=1)
@@ -325,6 +331,12 @@ class Predictor(SegmenterBase):
         self.model = self.model.to(self.device)
         if self.input_spec.dims == 2:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if self.device == "cpu" and self.precision == "bf16" and self.input_spec.dims == 2 and not self.options.compile:
+            from cardioseg.models.fusion import bf16_cpu_network
+
+            # bf16 weights, each convolution and its ReLU one oneDNN call; else autocast as before
+            fused = bf16_cpu_network(self.model, torch.zeros(1, self.input_spec.in_channels, 64, 64))
+            self.model = fused if fused is not None else self.model
         if self.options.compile:
             self.model = torch.compile(self.model)
         self.config = weights.preprocess
