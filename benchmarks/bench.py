@@ -455,23 +455,25 @@ def model_slices(predictor: Any, frame: np.ndarray, affine: np.ndarray) -> np.nd
 
 
 def network_only(predictor: Any, slices: Sequence[np.ndarray], repeats: int) -> float:
-    """Best-of-``repeats`` seconds per frame of the forward passes alone (batching and autocast
-    as ``Predictor.slice_probabilities``; inputs already on the device)."""
+    """Best-of-``repeats`` seconds per frame of the forward passes alone (batching, autocast or the
+    fused bf16 network as ``Predictor.slice_probabilities``; inputs already on the device)."""
     import torch
 
     from cardioseg.inference import group_frames
 
     dev, bs = predictor.device, predictor.batch_size
     kind = dev.split(":")[0]
+    bf16 = predictor.precision == "bf16"
+    native = bf16 and next(predictor.model.parameters()).dtype == torch.bfloat16  # the fused CPU network
     groups = group_frames([len(s) for s in slices], bs)  # frames pooled as predict pools them
     xs = [
         torch.from_numpy(np.ascontiguousarray(np.concatenate([slices[i] for i in g])[:, None], dtype=np.float32))
-        .to(dev)
+        .to(dev, dtype=torch.bfloat16 if native else torch.float32)
         .contiguous(memory_format=torch.channels_last)
         for g in groups
     ]
     best = float("inf")
-    with torch.inference_mode(), torch.autocast(kind, dtype=torch.bfloat16, enabled=predictor.precision == "bf16"):
+    with torch.inference_mode(), torch.autocast(kind, dtype=torch.bfloat16, enabled=bf16 and not native):
         for size in sorted({min(bs, len(x) - i) for x in xs for i in range(0, len(x), bs)}):
             predictor.model(
                 xs[0][:1].expand(size, -1, -1, -1).contiguous(memory_format=torch.channels_last)
@@ -494,8 +496,10 @@ def forward_flops(predictor: Any) -> int:
 
     fov = predictor.config.fov_px
     x = torch.zeros(1, 1, fov, fov, device=predictor.device)
+    # the plain network: the counter does not see inside the fused CPU convolutions (same FLOPs)
+    model = predictor.weights.build_model().eval().to(predictor.device)
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        predictor.model(x)
+        model(x)
     return int(counter.get_total_flops())
 
 
