@@ -249,3 +249,47 @@ def test_the_bordering_rv_component_on_a_box_equals_the_whole_volume(seed: int) 
     expected = mask & (components == best) if n > 1 else mask
     got = _bordering_component(mask, wall, radii, (1.0, 1.0, 8.0), 2, 2.0)
     np.testing.assert_array_equal(got, expected)
+
+
+def _capped_apex(cap_radius_px: int):
+    """The phantom frame with its apex remade as the last slices often are: on slice 7 a small
+    cavity and no muscle, on slice 8 a disc of myocardium over that cavity (the apical cap). The
+    cap touches the cavity (26-connected) but not the ring of myocardium of slice 6."""
+    spec, labels = _phantom_frame()
+    centre = np.argwhere(labels[..., 6] == 3).mean(axis=0).round().astype(int)
+    x, y = np.ogrid[: labels.shape[0], : labels.shape[1]]
+    near = (x - centre[0]) ** 2 + (y - centre[1]) ** 2
+    labels = labels.copy()
+    labels[..., 7] = np.where(near <= 9, 3, 0)
+    labels[..., 8] = np.where(near <= cap_radius_px**2, 2, 0)
+    return spec, labels
+
+
+def test_anatomical_clean_up_keeps_the_apical_cap():
+    from cardioseg.postprocess import anatomical_clean_up, keep_largest_components
+
+    spec, labels = _capped_apex(3)
+    assert 20 <= (labels[..., 8] == 2).sum() * spec.spacing_mm[0] * spec.spacing_mm[1]
+    largest = keep_largest_components(labels, spec.spacing_mm, (1, 2, 3))
+    assert not (largest[..., 8] == 2).any()  # the wall's largest component alone drops it
+    np.testing.assert_array_equal(anatomical_clean_up(labels, spec.spacing_mm, lv=3, myo=2, rv=1), labels)
+    dropped = anatomical_clean_up(labels, spec.spacing_mm, lv=3, myo=2, rv=1, apical_cap_mm2=None)
+    assert not (dropped[..., 8] == 2).any()
+    np.testing.assert_array_equal(dropped[..., :8], labels[..., :8])
+
+
+def test_a_speck_beyond_the_apex_is_not_a_cap():
+    from cardioseg.postprocess import anatomical_clean_up
+
+    spec, labels = _capped_apex(1)  # 5 pixels, ~10 mm2
+    out = anatomical_clean_up(labels, spec.spacing_mm, lv=3, myo=2, rv=1)
+    assert not (out[..., 8] == 2).any()
+    np.testing.assert_array_equal(out[..., :8], labels[..., :8])
+
+
+def test_the_apex_is_told_by_the_smaller_cavity_whatever_the_slice_order():
+    from cardioseg.postprocess import anatomical_clean_up
+
+    spec, labels = _capped_apex(3)
+    flipped = labels[..., ::-1]  # apex first: the cap on slice 1
+    np.testing.assert_array_equal(anatomical_clean_up(flipped, spec.spacing_mm, lv=3, myo=2, rv=1), flipped)
