@@ -10,7 +10,8 @@
 # (what the rotations add) and RUNS/qc_confidence_RECIPE.md.
 set -euo pipefail
 RECIPE=${1:?usage: cv100_score.sh RECIPE [BASELINE_EVAL] [RUNS]}
-BASE=${2:-benchmarks/results/cv100_epochs/eval_c128@crop128,anatomy,tta}
+# default baseline: the 44-epoch 128-px fold models with the same clean-up (apical cap kept)
+BASE=${2:-benchmarks/results/cv100_lcc/eval_c128_cleanup-cap20}
 RUNS=${3:-runs/cv100}
 PY=${PYTHON:-.venv/bin/python}
 exported=$( (ls "$RUNS/$RECIPE"/fold*/*.pt 2>/dev/null || true) | grep -v -e /last.pt -e /best.pt | wc -l)
