@@ -460,11 +460,12 @@ def network_only(predictor: Any, slices: Sequence[np.ndarray], repeats: int) -> 
     import torch
 
     from cardioseg.inference import group_frames
+    from cardioseg.models.fusion import is_bf16_network
 
     dev, bs = predictor.device, predictor.batch_size
     kind = dev.split(":")[0]
     bf16 = predictor.precision == "bf16"
-    native = bf16 and next(predictor.model.parameters()).dtype == torch.bfloat16  # the fused CPU network
+    native = bf16 and is_bf16_network(predictor.model)  # the fused CPU network: bf16 inputs, no autocast
     groups = group_frames([len(s) for s in slices], bs)  # frames pooled as predict pools them
     xs = [
         torch.from_numpy(np.ascontiguousarray(np.concatenate([slices[i] for i in g])[:, None], dtype=np.float32))

@@ -35,6 +35,7 @@ def raw_labels(runs: Path, run: str, data: Path, folds: list[int] | None, thread
 
     from cardioseg.api import read_volume
     from cardioseg.inference import PredictOptions, Predictor, argmax_labels
+    from cardioseg.io.layouts import read_info_cfg
     from cardioseg.stages import crop_centre
     from cardioseg.weights import load_weights
 
@@ -47,10 +48,8 @@ def raw_labels(runs: Path, run: str, data: Path, folds: list[int] | None, thread
         weights = load_weights(str(path))
         predictor = Predictor(weights, PredictOptions(device="cpu", crop_px=128, tta=True, clean_up="anatomy"))
         for pid in weights.meta["training"]["val_patients"]:
-            info = dict(
-                line.split(":", 1) for line in (data / pid / "Info.cfg").read_text().splitlines() if ":" in line
-            )
-            frames = [int(info["ED"]), int(info["ES"])]
+            info = read_info_cfg(data / pid / "Info.cfg")
+            frames = [info.ed, info.es]
             if all((out / f"{pid}_frame{f:02d}.npz").is_file() for f in frames):
                 continue
             volumes = [read_volume(data / pid / f"{pid}_frame{f:02d}.nii.gz") for f in frames]

@@ -163,8 +163,9 @@ def forward_probabilities(
     cuda = device.startswith("cuda")
     out = []
     kind = device.split(":")[0]
-    # a network already in bf16 (cardioseg.models.fusion, on a CPU) takes bf16 inputs, no autocast
-    native = bf16 and next(model.parameters()).dtype == torch.bfloat16
+    from cardioseg.models.fusion import is_bf16_network
+
+    native = bf16 and is_bf16_network(model)  # the fused CPU network: bf16 inputs, no autocast
     with torch.inference_mode(), torch.autocast(kind, dtype=torch.bfloat16, enabled=bf16 and not native):
         for batch in batches:
             x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))

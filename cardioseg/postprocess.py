@@ -124,9 +124,10 @@ def anatomical_clean_up(
     out = np.zeros_like(labels)
     heart = largest_component(np.isin(labels, (lv, myo)), spacing_mm, slice_axis, tolerance_mm)
     cavity = largest_component((labels == lv) & heart, spacing_mm, slice_axis, tolerance_mm)
-    wall = largest_component((labels == myo) & heart, spacing_mm, slice_axis, tolerance_mm)
+    muscle = (labels == myo) & heart
+    wall = largest_component(muscle, spacing_mm, slice_axis, tolerance_mm)
     if apical_cap_mm2 is not None:
-        wall |= apical_caps((labels == myo) & heart & ~wall, wall, cavity, spacing_mm, slice_axis, apical_cap_mm2)
+        wall |= apical_caps(muscle & ~wall, wall, cavity, spacing_mm, slice_axis, apical_cap_mm2)
     out[wall] = myo
     out[_fill_holes_in_plane(cavity, slice_axis)] = lv
     out[_bordering_component(labels == rv, out == myo, radii, spacing_mm, slice_axis, contact_mm)] = rv

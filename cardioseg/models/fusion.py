@@ -23,7 +23,7 @@ import copy
 import torch
 from torch import nn
 
-__all__ = ["ConvReLU2d", "bf16_cpu_network", "fuse_conv_relu"]
+__all__ = ["ConvReLU2d", "bf16_cpu_network", "fuse_conv_relu", "is_bf16_network"]
 
 
 class ConvReLU2d(nn.Module):
@@ -66,6 +66,12 @@ def fuse_conv_relu(model: nn.Module) -> int:
                 seq[j] = nn.Identity()
                 fused += 1
     return fused
+
+
+def is_bf16_network(model: nn.Module) -> bool:
+    """True for a network whose weights are bf16 (:func:`bf16_cpu_network`'s): it takes bf16
+    inputs and runs without autocast."""
+    return next(model.parameters()).dtype == torch.bfloat16
 
 
 def bf16_cpu_network(model: nn.Module, probe: torch.Tensor) -> nn.Module | None:
