@@ -49,6 +49,8 @@ def main() -> int:
     ap.add_argument("--train-folds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--threshold", type=float, default=0.70)
     ap.add_argument("--budget", type=float, default=0.15)
+    ap.add_argument("--limit", type=float, help="also measure this limit, chosen before (e.g. on folds whose models are gone)")
+    ap.add_argument("--scores-csv", type=Path, help="write each study's score, worst Dice and flags here (one file per variant: VARIANT replaced)")
     args = ap.parse_args()
     for variant in args.variants:
         dice = worst_dice(args.runs / f"eval_{variant}" / "metrics.csv")
@@ -72,13 +74,21 @@ def main() -> int:
         if any("low_tta_agreement" in others[s] for s in studies):
             tta = {s for s in studies if "low_tta_agreement" in others[s]}
             print(f"| low_tta_agreement alone | shipped | {cell(train, tta)} | {cell(test, tta)} | {cell(studies, tta)} | |")
-        for rule in ("tight", "budget"):
-            t = choose({s: scores[s] for s in train}, gross & set(train), rule, args.budget)
+        rules: list[tuple[str, float | None]] = [("tight", None), ("budget", None)] if any(s in gross for s in train) else []
+        if args.limit is not None:
+            rules.append(("fixed", args.limit))
+        for rule, limit in rules:
+            t = limit if limit is not None else choose({s: scores[s] for s in train}, gross & set(train), rule, args.budget)
             low = {s for s in studies if scores[s] < t}
             union = low | others_flagged
             missed = " ".join(s for s in test if s in gross and s not in union) or "-"
             print(f"| low_confidence ({rule}) | {t:.4f} | {cell(train, low)} | {cell(test, low)} | {cell(studies, low)} | |")
             print(f"| low_confidence ({rule}) + other flags | {t:.4f} | {cell(train, union)} | {cell(test, union)} | {cell(studies, union)} | {missed} |")
+        if args.scores_csv:
+            path = Path(str(args.scores_csv).replace("VARIANT", variant))
+            with open(path, "w") as f:
+                f.write("study,fold,confidence,worst_dice,other_flags\n")
+                f.writelines(f"{s},{fold[s]},{scores[s]:.4f},{dice[s]:.4f},{' '.join(sorted(others[s]))}\n" for s in studies)
         ranked = sorted(studies, key=lambda s: scores[s])
         print("\nlowest confidence: " + ", ".join(f"{s} {scores[s]:.3f}{'*' if s in gross else ''}" for s in ranked[:15]))
         print("failures: " + ", ".join(f"{s} {scores[s]:.3f} (Dice {dice[s]:.2f})" for s in sorted(gross)) + "\n")

@@ -148,3 +148,21 @@ def test_cv_paired_means_worst_dice_gross_frames_and_clinical_errors(tmp_path):
     assert "| LV EF % | new | nan | +0.0 | 0.00 | 0.031 |" in text  # constant: r undefined; p over 6 pairs
     rows = cv_paired.worst_rows(a_dir, b_dir)
     assert rows[1] == ["patient002", "0.6000", "ES rv", "0.9500", "ED lv"] and len(rows) == 6
+
+
+def test_cv_merge_joins_disjoint_folds_and_refuses_a_study_scored_twice(tmp_path):
+    cv_merge = _load("cv_merge")
+    for name, studies in (("a", ["patient003", "patient001"]), ("b", ["patient002"])):
+        _write_csv(tmp_path / name / "metrics.csv", [{"study": s, "phase": "ED", "label": "lv", "dice": 0.9} for s in studies])
+        _write_csv(tmp_path / name / "clinical.csv", [{"study": s, "lv_ef_pct_pred": 55.0} for s in studies])
+    counts = cv_merge.merge([tmp_path / "a", tmp_path / "b"], tmp_path / "ab")
+    assert counts == {str(tmp_path / "a"): 2, str(tmp_path / "b"): 1}
+    with open(tmp_path / "ab" / "clinical.csv", newline="") as f:
+        assert [r["study"] for r in csv.DictReader(f)] == ["patient001", "patient002", "patient003"]
+    with open(tmp_path / "ab" / "metrics.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 3
+    with pytest.raises(SystemExit, match="patient002 is in both"):
+        cv_merge.merge([tmp_path / "b", tmp_path / "b"], tmp_path / "bb")
+    _write_csv(tmp_path / "c" / "metrics.csv", [{"study": "patient009", "phase": "ED", "dice": 0.9}])
+    with pytest.raises(SystemExit, match="other columns"):
+        cv_merge.merge([tmp_path / "a", tmp_path / "c"], tmp_path / "ac")
