@@ -312,6 +312,7 @@ def train(
     seed: Annotated[int, typer.Option("--seed")] = 0,
     threads: Annotated[int, typer.Option("--threads", min=0, help="Torch CPU threads (0: torch's default).")] = 0,
     name: Annotated[str, typer.Option("--name", help="Weights name (default e.g. dmr-unet2d-acdc-fold0, unet2d-ctx3-qure_hybrid-acdc-fold0).")] = "",
+    init: Annotated[str, typer.Option("--init", help="Start the network from these trained weights (a registered name or an exported .pt; fine-tuning) instead of random ones. They must be of the same network, preprocessing and labels, and must not have seen the fold's validation patients.")] = "",
     resume: Annotated[bool, typer.Option("--resume", metavar="", help="Continue the run in OUT from its last checkpoint.")] = False,
     export_only: Annotated[bool, typer.Option("--export-only", metavar="", help="Only export the best checkpoint of OUT.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress bar.")] = False,
@@ -338,6 +339,7 @@ def train(
         batch_size=batch_size, crop_px=crop_px, fold=fold, all_patients=all_patients, seed=seed, threads=threads, name=name,
         hard_slices=hard_slices, keep=keep, val_every=val_every, **recipe,
         regularizer=regularizer, reg_weight=reg_weight, position_weight=position_weight, shape_epochs=shape_epochs,
+        init=init,
     )  # fmt: skip
     try:
         cfg.check()

@@ -162,6 +162,7 @@ class TrainConfig:
     reg_weight: float = 0.0  # weight of the regulariser's term; 0: DEFAULT_REG_WEIGHTS
     position_weight: float = 0.1  # scn/srscn: lambda_SC of the slice-position loss (positions in [0, 1])
     shape_epochs: int = 20  # srnn/srscn/acnn: pre-training epochs of the shape autoencoder
+    init: str = ""  # weights (a file or a registered name) the network starts from; "": random (fine-tuning)
 
     @property
     def exports_last_epoch(self) -> bool:

@@ -16,6 +16,7 @@ from cardioseg.models.unet import DMR_PREFIX
 from cardioseg.preprocess import PreprocessConfig
 from cardioseg.train.config import TrainConfig, architecture
 from cardioseg.train.data import cache_label_map
+from cardioseg.train.init import recorded_init
 
 __all__ = ["ACDC_LICENSE", "export_run"]
 
@@ -46,7 +47,8 @@ def export_run(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> Pa
     model.load_state_dict({k: v for k, v in saved["model"].items() if not k.startswith(DMR_PREFIX)})
     name = cfg.weights_name()
     exported = out / f"{name}.pt"
-    recipe = {k: v for k, v in asdict(cfg).items() if k not in {"cache", "out", "threads", "name"}}
+    recipe = {k: v for k, v in asdict(cfg).items() if k not in {"cache", "out", "threads", "name", "init"}}
+    init = recorded_init(out)  # fine-tuned: the weights it started from, by name and checksum
     recipe["lr"] = cfg.resolved_lr()
     recipe["reg_weight"] = cfg.resolved_reg_weight()
     export_weights(
@@ -65,6 +67,7 @@ def export_run(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> Pa
             "distance_map_regulariser": "used in training, removed from these weights" if cfg.dmr else "none",
             "regulariser": "none" if cfg.regularizer == "none" else f"{cfg.regularizer}: used in training only",
             "best_epoch": best.get("epoch"),
+            **({"initialised_from": init} if init else {}),
         },
         validation={"model_space": {k: v for k, v in best.items() if k != "epoch" and not cfg.all_patients}},
         license=ACDC_LICENSE,

@@ -36,6 +36,7 @@ from cardioseg.train.config import (
 from cardioseg.train.data import TrainData, load_training_data, volume_batch
 from cardioseg.train.distributed import default_device, process_group
 from cardioseg.train.export import export_run
+from cardioseg.train.init import INIT_FILE, load_initial_weights
 from cardioseg.train.losses import discriminator_loss, multitask_loss, onehot, segmentation_loss
 from cardioseg.train.model import TrainModule, make_optimizer, save_atomic
 from cardioseg.train.shape_prior import pretrain_shape_autoencoder, regularizer_terms
@@ -88,10 +89,16 @@ class Trainer:
         self._check_run_folder()
         self.data: TrainData = load_training_data(self.cfg, self.callbacks.on_log)
         self._build()
+        init = None
         if self.resume and self.state_path.is_file():
             self._load_state()
+        elif self.cfg.init:  # fine-tuning: the network starts from trained weights
+            init = load_initial_weights(self.cfg, self.data, self.model)
+            self.callbacks.on_log(f"network initialised from {init['name']} (sha256 {init['sha256'][:12]}...)")
         if self.rank == 0:
             self._start_run_folder()
+            if init is not None:
+                (self.out / INIT_FILE).write_text(json.dumps(init, indent=2) + "\n")
         if self.module.shape_ae is not None and self.start_epoch == 0:
             self._load_shape_prior()
         self.net: Any = self.module
