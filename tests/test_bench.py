@@ -133,8 +133,9 @@ def test_acdc_frames_are_spread(tmp_path: Path):
             d.mkdir(exist_ok=True)
             (d / f"patient{p:03d}_frame{f:02d}.nii.gz").touch()
             (d / f"patient{p:03d}_frame{f:02d}_gt.nii.gz").touch()
-    picked = bench.acdc_frames(tmp_path, 4)
-    assert [p.name for p in picked] == [f"patient{p:03d}_frame01.nii.gz" for p in range(1, 5)]
+    picked = bench.acdc_frames(tmp_path, 4)  # two patients, both frames of each: studies as predict runs them
+    assert [p.name for p in picked] == [f"patient{p:03d}_frame{f:02d}.nii.gz" for p in (1, 3) for f in (1, 12)]
+    assert [p.name for p in bench.acdc_frames(tmp_path, 1)] == ["patient001_frame01.nii.gz", "patient001_frame12.nii.gz"]
     assert bench.acdc_frames(tmp_path, 0) == [] and bench.acdc_frames(tmp_path / "none", 3) == []
 
 
