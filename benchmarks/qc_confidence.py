@@ -38,6 +38,32 @@ def study_scores(pred: Path, studies: list[str]) -> tuple[dict[str, float], dict
     return scores, others
 
 
+STRUCTURE_DICE = [f"dice_{k}_{ph}" for ph in ("ed", "es") for k in ("rv", "myo", "lv")]
+
+
+def frame_columns(report: dict) -> list[str]:
+    """A report's ED and ES confidence and rotations' agreement ("" where it has none)."""
+    seg = report["segmentation"]
+    out = []
+    for key in ("confidence", "tta_agreement"):
+        values = seg.get(key) or []
+        for i in (report["ed_frame"], report["es_frame"]):
+            out.append(f"{values[i]:.4f}" if i is not None and i < len(values) and values[i] is not None else "")
+    return out
+
+
+def structure_dice(metrics_csv: Path) -> dict[str, dict[str, str]]:
+    """study -> {"dice_rv_ed": ..., ...} from ``cardioseg evaluate``'s metrics.csv."""
+    import csv
+
+    out: dict[str, dict[str, str]] = {}
+    with open(metrics_csv, newline="") as f:
+        for r in csv.DictReader(f):
+            if r["label"] in ("rv", "myo", "lv") and r["phase"] in ("ED", "ES"):
+                out.setdefault(r["study"], {})[f"dice_{r['label']}_{r['phase'].lower()}"] = r["dice"]
+    return out
+
+
 def main() -> int:
     sys.path.insert(0, str(HERE))
     from cv_table import fold_of_patients
@@ -86,9 +112,16 @@ def main() -> int:
             print(f"| low_confidence ({rule}) + other flags | {t:.4f} | {cell(train, union)} | {cell(test, union)} | {cell(studies, union)} | {missed} |")
         if args.scores_csv:
             path = Path(str(args.scores_csv).replace("VARIANT", variant))
-            with open(path, "w") as f:
-                f.write("study,fold,confidence,worst_dice,other_flags\n")
-                f.writelines(f"{s},{fold[s]},{scores[s]:.4f},{dice[s]:.4f},{' '.join(sorted(others[s]))}\n" for s in studies)
+            per = structure_dice(args.runs / f"eval_{variant}" / "metrics.csv")
+            pred = args.runs / f"pred_{variant}"
+            with open(path, "w") as f:  # per frame and structure too: QC rules can be tried on stored scores later
+                f.write(",".join(["study", "fold", "confidence", "worst_dice", "other_flags", "confidence_ed",
+                                  "confidence_es", "tta_agreement_ed", "tta_agreement_es", *STRUCTURE_DICE]) + "\n")  # fmt: skip
+                for s in studies:
+                    frames = frame_columns(json.loads((pred / f"{s}_report.json").read_text()))
+                    row = [s, str(fold[s]), f"{scores[s]:.4f}", f"{dice[s]:.4f}", " ".join(sorted(others[s])), *frames,
+                           *(per.get(s, {}).get(k, "") for k in STRUCTURE_DICE)]  # fmt: skip
+                    f.write(",".join(row) + "\n")
         ranked = sorted(studies, key=lambda s: scores[s])
         print("\nlowest confidence: " + ", ".join(f"{s} {scores[s]:.3f}{'*' if s in gross else ''}" for s in ranked[:15]))
         print("failures: " + ", ".join(f"{s} {scores[s]:.3f} (Dice {dice[s]:.2f})" for s in sorted(gross)) + "\n")
