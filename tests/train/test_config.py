@@ -34,7 +34,7 @@ CONFIG_JSON_DEFAULTS = {
     "weighting": "uncertainty", "seg_weight": 1.0, "dm_weight": 1.0, "sigma_lr": 1e-2, "dm_unit_px": 250.0,
     "optimizer": "rmsprop", "lr": 0.0, "lr_decay": 0.99, "weight_decay": 0.0, "epochs": 100, "batch_size": 15,
     "crop_px": 160, "scale_min": 0.8, "scale_max": 1.2, "intensity_aug": 0.0, "hard_slices": 1.0, "fold": 0, "all_patients": False, "n_folds": 5, "seed": 0, "val_every": 1, "keep": "best", "threads": 0, "name": "",
-    "regularizer": "none", "reg_weight": 0.0, "position_weight": 0.1, "shape_epochs": 20,
+    "regularizer": "none", "reg_weight": 0.0, "position_weight": 0.1, "shape_epochs": 20, "init": "",
 }  # fmt: skip
 
 
