@@ -67,12 +67,22 @@ ACDC_SPACING = (1.4, 1.4, 10.0)  # mm
 QUICK_SHAPE = (128, 108, 4)  # --quick: same field of view, fewer voxels and slices
 QUICK_SPACING = (2.8, 2.8, 10.0)
 
-TARGETS = {
-    "cpu_s_per_frame": 0.3,  # batch mode, ACDC-size frame, end to end, on 2 cores
-    "ratio": 1.5,  # end to end / network only
-    "peak_rss_gb": 2.0,  # one `cardioseg predict` of a 30-frame cine
+TARGETS = {  # issue 16
+    "cpu_s_per_frame": 0.3,  # batch mode, end to end, 2 cores, fp32 CPUs (AVX2, AVX-512 without bf16, ARM)
+    "fast_cpu_s_per_frame": 0.1,  # the same on the CPU classes with native bf16 (FAST_CPU_CLASSES)
+    "ratio": 1.3,  # end to end / network only
+    "peak_rss_gb": 1.5,  # one `cardioseg predict` of a 30-frame cine
+    "cine_process_s": 10.0,  # the same process's wall time
     "gpu_frames_per_s": 500.0,  # batch mode on an NVIDIA H200
 }
+FAST_CPU_CLASSES = ("AVX-512-BF16", "AMX")
+
+
+def cpu_frame_target(results: dict[str, Any]) -> float:
+    """Seconds per frame the issue asks of this run's CPU class (an ISA-capped run: the cap's class)."""
+    fast = results.get("machine", {}).get("cpu_class") in FAST_CPU_CLASSES
+    return TARGETS["fast_cpu_s_per_frame"] if fast else TARGETS["cpu_s_per_frame"]
+
 
 NETWORK_STAGE = "network (+ softmax, copy back)"
 
@@ -200,14 +210,15 @@ def target_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     gpu = device.startswith("cuda")
     rows: list[dict[str, Any]] = []
     batch = s.get("batch", {})
-    spf = batch.get("s_per_frame")
     cores = results.get("machine", {}).get("torch_threads")
-    rows.append({
-        "metric": f"s per 3D frame, end to end, batch ({device}, {cores} threads)",
-        "measured": spf,
-        "target": f"<= {TARGETS['cpu_s_per_frame']} s on 2 cores" if not gpu else "–",
-        "ok": (spf <= TARGETS["cpu_s_per_frame"]) if (spf is not None and not gpu) else None,
-    })  # fmt: skip
+    limit = cpu_frame_target(results)
+    cls = results.get("machine", {}).get("cpu_class") or "this CPU"
+    for label, spf in (
+        (f"s per 3D frame, end to end, batch ({device}, {cores} threads)", batch.get("s_per_frame")),
+        ("s per ACDC frame (ED/ES pairs), end to end, in process", (results.get("acdc") or {}).get("s_per_frame")),
+    ):
+        rows.append({"metric": label, "measured": spf, "target": f"<= {limit} s on 2 cores ({cls})" if not gpu else "–",
+                     "ok": (spf <= limit) if (spf is not None and not gpu) else None})  # fmt: skip
     for key, label in (
         ("ratio_batch", "end to end / network only, batch"),
         ("ratio_single", "end to end / network only, one study"),
@@ -216,14 +227,14 @@ def target_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append({"metric": label, "measured": r, "target": f"<= {TARGETS['ratio']}",
                      "ok": (r <= TARGETS["ratio"]) if r is not None else None})  # fmt: skip
     cli = s.get("cli", {})
-    rss = cli.get("max_rss_gb")
     frames = cli.get("frames")
-    rows.append({
-        "metric": f"peak RSS (GB), one `cardioseg predict` of a {frames}-frame cine",
-        "measured": rss,
-        "target": f"<= {TARGETS['peak_rss_gb']} GB (30 frames)",
-        "ok": (rss <= TARGETS["peak_rss_gb"]) if (rss is not None and frames == 30) else None,
-    })  # fmt: skip
+    for key, label, target in (
+        ("max_rss_gb", f"peak RSS (GB), one `cardioseg predict` of a {frames}-frame cine", "peak_rss_gb"),
+        ("wall_s", f"wall s, one `cardioseg predict` of a {frames}-frame cine", "cine_process_s"),
+    ):
+        v = cli.get(key)
+        rows.append({"metric": label, "measured": v, "target": f"<= {TARGETS[target]} (30 frames)",
+                     "ok": (v <= TARGETS[target]) if (v is not None and frames == 30) else None})  # fmt: skip
     fps = batch.get("frames_per_s")
     rows.append({
         "metric": "frames/s, end to end, batch",
