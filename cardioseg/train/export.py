@@ -67,12 +67,21 @@ def export_run(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> Pa
             "distance_map_regulariser": "used in training, removed from these weights" if cfg.dmr else "none",
             "regulariser": "none" if cfg.regularizer == "none" else f"{cfg.regularizer}: used in training only",
             "best_epoch": best.get("epoch"),
-            **({"initialised_from": init} if init else {}),
+            **({"initialised_from": {"name": init["name"], "sha256": init["sha256"]}} if init else {}),
         },
         validation={"model_space": {k: v for k, v in best.items() if k != "epoch" and not cfg.all_patients}},
         license=ACDC_LICENSE,
         input_spec=cfg.input_spec(),
     )
+    if init and init.get("inference"):  # fine-tuned: run by default as the weights it started from
+        from cardioseg.weights import recommend_inference
+
+        parent = init["inference"]
+        recommend_inference(
+            exported, int(parent.get("crop_px", 0)), bool(parent.get("tta", False)),
+            f"inherited from {init['name']}, the weights this run was fine-tuned from ({parent.get('chosen_by', '')})",
+            confidence_min=parent.get("confidence_min"),
+        )  # fmt: skip
     if log is not None:
         val_text = f"val dice {best['dice_mean']:.4f}" if best.get("dice_mean", -1) >= 0 else "no validation"
         log(f"exported {exported} ({'last' if cfg.exports_last_epoch else 'best'} epoch {best.get('epoch')}, {val_text})")

@@ -6,7 +6,9 @@ schedule, the distance-map decoder, the learned loss weights) starts fresh. The 
 be of the network the run trains and of the cache's preprocessing and labels, and in a
 cross-validation fold they must not have seen that fold's validation patients (their scores
 would be optimistic): each case is refused with a one-line ConfigError. What a run started
-from is kept in ``OUT/init.json`` and recorded in its exported weights.
+from is kept in ``OUT/init.json`` and recorded in its exported weights, which also inherit the
+starting weights' recommended inference (two-stage crop, rotations, QC's confidence limit), so a
+fine-tuned shipped model runs by default as the shipped model does.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ __all__ = ["INIT_FILE", "load_initial_weights", "recorded_init"]
 INIT_FILE = "init.json"  # in the run folder: the weights the run started from
 
 
-def load_initial_weights(cfg: TrainConfig, data: TrainData, model: Any) -> dict[str, str]:
+def load_initial_weights(cfg: TrainConfig, data: TrainData, model: Any) -> dict[str, Any]:
     """Load ``cfg.init`` into ``model`` (the network being trained, its DMR decoder left as
-    built) after checking that it fits the run; returns ``{"name", "sha256"}`` of the weights."""
+    built) after checking that it fits the run; returns ``{"name", "sha256"}`` of the weights,
+    with their recommended ``"inference"`` when they have one."""
     from cardioseg.errors import WeightsError
     from cardioseg.weights import load_weights
 
@@ -76,10 +79,13 @@ def load_initial_weights(cfg: TrainConfig, data: TrainData, model: Any) -> dict[
         raise ConfigError(
             f'--init weights "{w.name}" do not fit the network ({len(missing)} missing, {len(unexpected)} unexpected parameters)'
         )
-    return {"name": w.name, "sha256": w.file_sha256}
+    start: dict[str, Any] = {"name": w.name, "sha256": w.file_sha256}
+    if w.meta.get("inference"):
+        start["inference"] = w.meta["inference"]
+    return start
 
 
-def recorded_init(out: Path) -> dict[str, str] | None:
+def recorded_init(out: Path) -> dict[str, Any] | None:
     """What the run in ``out`` started from (None: random weights)."""
     path = Path(out) / INIT_FILE
     return json.loads(path.read_text()) if path.is_file() else None

@@ -106,3 +106,21 @@ def test_cli_init_missing_weights_is_a_one_line_error(tiny_cache: Path, tmp_path
     assert result.exit_code != 0
     assert "--init: Weights" in result.output and "not found" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_fine_tuned_model_runs_by_default_as_the_weights_it_started_from(
+    tiny_cache: Path, tmp_path: Path, fold1_weights: Path
+) -> None:
+    from cardioseg.weights import recommend_inference
+
+    parent = tmp_path / "parent.pt"
+    recommend_inference(fold1_weights, 32, True, "chosen by a test", out=parent, confidence_min=0.93)
+    tuned = load_weights(train(tiny_cfg(tiny_cache, tmp_path / "ft", fold=1, init=str(parent))))
+    inference = tuned.meta["inference"]
+    assert (inference["crop_px"], inference["tta"], inference["confidence_min"]) == (32, True, 0.93)
+    assert inference["chosen_by"].startswith(f"inherited from {load_weights(parent).name}")
+    assert "chosen by a test" in inference["chosen_by"]
+    assert tuned.meta["training"]["initialised_from"] == {"name": load_weights(parent).name, "sha256": load_weights(parent).file_sha256}
+    # weights without a recommendation pass none on
+    plain = load_weights(train(tiny_cfg(tiny_cache, tmp_path / "plain", fold=1, init=str(fold1_weights))))
+    assert "inference" not in plain.meta
