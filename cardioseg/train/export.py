@@ -16,7 +16,7 @@ from cardioseg.models.unet import DMR_PREFIX
 from cardioseg.preprocess import PreprocessConfig
 from cardioseg.train.config import TrainConfig, architecture
 from cardioseg.train.data import cache_label_map
-from cardioseg.train.init import recorded_init
+from cardioseg.train.init import inherited_inference, recorded_init
 
 __all__ = ["ACDC_LICENSE", "export_run"]
 
@@ -72,16 +72,8 @@ def export_run(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> Pa
         validation={"model_space": {k: v for k, v in best.items() if k != "epoch" and not cfg.all_patients}},
         license=ACDC_LICENSE,
         input_spec=cfg.input_spec(),
+        inference=inherited_inference(init),
     )
-    if init and init.get("inference"):  # fine-tuned: run by default as the weights it started from
-        from cardioseg.weights import recommend_inference
-
-        parent = init["inference"]
-        recommend_inference(
-            exported, int(parent.get("crop_px", 0)), bool(parent.get("tta", False)),
-            f"inherited from {init['name']}, the weights this run was fine-tuned from ({parent.get('chosen_by', '')})",
-            confidence_min=parent.get("confidence_min"),
-        )  # fmt: skip
     if log is not None:
         val_text = f"val dice {best['dice_mean']:.4f}" if best.get("dice_mean", -1) >= 0 else "no validation"
         log(f"exported {exported} ({'last' if cfg.exports_last_epoch else 'best'} epoch {best.get('epoch')}, {val_text})")

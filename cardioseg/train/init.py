@@ -23,7 +23,7 @@ from cardioseg.preprocess import PreprocessConfig
 from cardioseg.train.config import TrainConfig, architecture
 from cardioseg.train.data import TrainData, cache_label_map
 
-__all__ = ["INIT_FILE", "load_initial_weights", "recorded_init"]
+__all__ = ["INIT_FILE", "inherited_inference", "load_initial_weights", "recorded_init"]
 
 INIT_FILE = "init.json"  # in the run folder: the weights the run started from
 
@@ -89,3 +89,12 @@ def recorded_init(out: Path) -> dict[str, Any] | None:
     """What the run in ``out`` started from (None: random weights)."""
     path = Path(out) / INIT_FILE
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def inherited_inference(init: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The recommended inference a fine-tuned run's weights take from the weights it started
+    from (None: random start, or starting weights without one)."""
+    if not init or not init.get("inference"):
+        return None
+    parent = init["inference"]
+    return {**parent, "chosen_by": f"inherited from {init['name']}, the weights this run was fine-tuned from ({parent.get('chosen_by', '')})"}

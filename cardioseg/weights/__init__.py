@@ -226,11 +226,13 @@ def export_weights(
     validation: dict[str, Any],
     license: str,
     input_spec: InputSpec | None = None,
+    inference: dict[str, Any] | None = None,
 ) -> str:
     """Save a model as a self-describing fp16 checkpoint; returns the file's sha256.
 
     ``input_spec`` (default: one 2D slice) is recorded so that the predictor builds the inputs the
-    network was trained on."""
+    network was trained on; ``inference``, when given, is its recommended inference (the
+    ``meta["inference"]`` of ``recommend_inference``)."""
     import torch
 
     from cardioseg.io import atomic_path
@@ -253,6 +255,8 @@ def export_weights(
         "state_sha256": state_sha256(state),
         "state_dict": state,
     }
+    if inference:
+        ckpt["inference"] = inference
     with atomic_path(Path(path)) as tmp:
         torch.save(ckpt, tmp)
     return sha256_file(Path(path))
