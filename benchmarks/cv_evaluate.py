@@ -10,7 +10,7 @@ Folds missing from any variant are left out of every variant, so comparisons sta
 A variant "a+b" is the ensemble of runs a and b (``predict`` with each fold's weights of both,
 majority vote): every model in it held out the same patients, so it is scored without leakage.
 A variant "a@opt1,opt2" predicts with run a's weights and inference options (``INFERENCE``:
-``crop128``/``crop160`` two-stage crops, ``anatomy`` clean-up, ``tta`` test-time rotations);
+``cropN`` (crop128, crop112, ...) two-stage crops, ``anatomy`` clean-up, ``tta`` test-time rotations);
 the options not named are passed explicitly off (full field, largest-component clean-up, no
 TTA), whatever the current defaults or the weights' recommendation.
 """
@@ -18,6 +18,7 @@ TTA), whatever the current defaults or the weights' recommendation.
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +42,9 @@ def inference_args(variant: str) -> list[str]:
     args: list[str] = []
     chosen = [o for o in opts.split(",") if o]
     for opt in chosen:
+        if re.fullmatch(r"crop\d+", opt):  # any crop size, e.g. crop112 (a multiple of 16)
+            args += ["--crop-px", opt[4:]]
+            continue
         if opt not in INFERENCE:
             raise SystemExit(f"unknown inference option {opt!r} in {variant!r}; choose from {', '.join(INFERENCE)}")
         args += INFERENCE[opt]

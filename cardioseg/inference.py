@@ -42,7 +42,7 @@ from cardioseg.stages import (
     resolve_confidence_min,
     resolve_crop_px,
     resolve_tta,
-    soft_confidence,
+    soft_confidence_by_label,
     tta_agreement,
 )
 from cardioseg.weights import LoadedWeights
@@ -201,11 +201,12 @@ class SegmenterBase:
 
     batch_size: int = CPU_BATCH_SIZE
     options: PredictOptions
+    label_map: LabelMap
     crop_px: int = 0  # resolved: 0 (one stage, the whole field) or the crop of stage 2
     tta: bool = False  # resolved: test-time rotations on or off
     confidence_min: float = QcLimits().confidence_min  # resolved: QC's low_confidence limit for these weights
     _agreement: list[float] | None = None  # per frame, while predict() collects it (Predictor only)
-    _confidence: list[float] | None = None  # per frame, one pass's confidence, while predict() collects it (Predictor only)
+    _confidence: list[dict[int, float]] | None = None  # per frame, one pass's confidence of each structure (by label), while predict() collects it (Predictor only)
     _crops: list[int] | None = None  # per frame, the grid stage 2 used (0: the full field), while predict() collects it
 
     def predict_frame(self, frame: np.ndarray, affine: np.ndarray, centre: Centre = None) -> np.ndarray:
@@ -255,7 +256,8 @@ class SegmenterBase:
         ``localisation`` (default: :meth:`localise` of this input); without a heart found, on
         the full field. ``stats``: with test-time rotations, ``stats["tta_agreement"]`` gets
         one number per frame (see :func:`tta_agreement`); ``stats["confidence"]`` gets one
-        number per frame from the unrotated pass (:func:`soft_confidence`); ``stats["crop_px"]`` gets the grid
+        number per frame from the unrotated pass (:func:`soft_confidence`) and
+        ``stats["confidence_by_structure"]`` that of each structure (``{"rv": .., ...}``); ``stats["crop_px"]`` gets the grid
         each frame was segmented on (the crop, the whole grid where the crop cut the heart:
         :func:`cut_by_crop`; 0 for the full field)."""
         frames = frames_of(data, affine)
@@ -271,7 +273,7 @@ class SegmenterBase:
     @contextmanager
     def collecting(self, stats: dict[str, Any] | None) -> Iterator[None]:
         """Within it, the frames segmented add their per-frame statistics to ``stats`` (None:
-        nothing collected): ``crop_px``, ``confidence`` and, with test-time rotations,
+        nothing collected): ``crop_px``, ``confidence``, ``confidence_by_structure`` and, with test-time rotations,
         ``tta_agreement`` (see :meth:`predict`), in the order of the frames."""
         if stats is None:
             yield
@@ -282,7 +284,11 @@ class SegmenterBase:
             yield
         finally:
             stats.setdefault("crop_px", []).extend(self._crops or [])
-            stats.setdefault("confidence", []).extend(self._confidence or [])
+            by_label = self._confidence or []
+            names = {v: k for k, v in self.label_map.structures.items()}
+            stats.setdefault("confidence", []).extend(min(c.values(), default=1.0) for c in by_label)
+            stats.setdefault("confidence_by_structure", []).extend(
+                {names.get(label, str(label)): value for label, value in sorted(c.items())} for c in by_label)  # fmt: skip
             if self._agreement is not None:
                 stats.setdefault("tta_agreement", []).extend(self._agreement)
             self._crops = self._confidence = self._agreement = None
@@ -392,7 +398,7 @@ class Predictor(SegmenterBase):
         mirrors, and a mirrored heart, its RV on the wrong side, is not one the network knows.)"""
         probs = self._forward(frames, plane)
         if self._confidence is not None:
-            self._confidence += soft_confidence(probs, [len(f) for f in frames])
+            self._confidence += soft_confidence_by_label(probs, [len(f) for f in frames])
         if not self.tta:
             return probs
         votes = [probs.argmax(axis=1).astype(np.uint8)]
@@ -453,13 +459,13 @@ class Predictor(SegmenterBase):
         crop = self.crop_px if centre is not None and self.crop_px > 0 else 0
         if 0 < crop < self.config.fov_px and cut_by_crop(probs.argmax(axis=1)):
             crop = self.config.fov_px
-            saved: tuple[list[float] | None, list[float] | None] = (self._confidence, self._agreement)
+            saved: tuple[list[Any] | None, list[Any] | None] = (self._confidence, self._agreement)
             self._confidence, self._agreement = ([] if s is not None else None for s in saved)
             try:
                 space, slices = self.to_model(frame, affine, centre, crop_px=crop)
                 probs = self._probabilities([slices], slices.shape[1:])
             finally:
-                grown: tuple[list[float] | None, list[float] | None] = (self._confidence, self._agreement)
+                grown: tuple[list[Any] | None, list[Any] | None] = (self._confidence, self._agreement)
                 self._confidence, self._agreement = saved
             for kept, regrown in zip(saved, grown):
                 if kept is not None and regrown and 0 <= index < len(kept):

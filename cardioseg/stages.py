@@ -110,6 +110,18 @@ def soft_confidence(probs: np.ndarray, frame_slices: Sequence[int]) -> list[floa
     >>> round(soft_confidence(p, [1])[0], 3)
     0.889
     """
+    return [min(by_label.values(), default=1.0) for by_label in soft_confidence_by_label(probs, frame_slices)]
+
+
+def soft_confidence_by_label(probs: np.ndarray, frame_slices: Sequence[int]) -> list[dict[int, float]]:
+    """Per frame, :func:`soft_confidence` of each structure present in its argmax labels:
+    ``{label: soft Dice}`` (labels 1..C-1; empty when the frame holds no structure).
+
+    >>> p = np.zeros((1, 3, 2, 2), np.float32); p[0, 1, 0] = 1.0; p[0, 2, 1] = 1.0
+    >>> p[0, :, 1, 1] = (0.0, 0.4, 0.6)  # label 2 has one of its two pixels at 0.6
+    >>> {c: round(v, 3) for c, v in soft_confidence_by_label(p, [1])[0].items()}
+    {1: 0.909, 2: 0.889}
+    """
     out = []
     start = 0
     n_classes = probs.shape[1]
@@ -122,11 +134,7 @@ def soft_confidence(probs: np.ndarray, frame_slices: Sequence[int]) -> list[floa
         inside = np.bincount(labels.ravel(), weights=top.ravel(), minlength=n_classes)
         size = np.bincount(labels.ravel(), minlength=n_classes)
         total = frame.sum(axis=(0, 2, 3), dtype=np.float64)
-        worst = 1.0
-        for c in range(1, n_classes):
-            if size[c]:
-                worst = min(worst, float(2.0 * inside[c] / (total[c] + size[c])))
-        out.append(worst)
+        out.append({c: float(2.0 * inside[c] / (total[c] + size[c])) for c in range(1, n_classes) if size[c]})
     return out
 
 

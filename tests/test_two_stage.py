@@ -60,6 +60,8 @@ def test_no_heart_found_segments_the_full_field_and_is_flagged(tmp_path: Path, s
     assert "heart_not_localised" in report["qc_flags"] and "heart_not_localised" not in full[0].report["qc_flags"]
     (confidence,) = report["segmentation"].pop("confidence")  # one frame, one pass's confidence
     assert 0.0 < confidence <= 1.0 and report["segmentation"].pop("confidence_min") == 0.912  # the tiny weights name none
+    (by_structure,) = report["segmentation"].pop("confidence_by_structure")  # its least certain structure's is the frame's
+    assert set(by_structure) <= {"rv", "myo", "lv"} and min(by_structure.values(), default=1.0) == confidence
     assert report["segmentation"] == {"crop_px": 32, "tta": False, "tta_frames": None, "postprocess": "anatomy",
                                       "localisation": {"found": False, "centre_world_mm": None, "heart_area_mm2": 0.0},
                                       "crop_grown_frames": []}  # fmt: skip
@@ -200,11 +202,17 @@ def test_one_pass_confidence_is_reported_per_frame_with_and_without_rotations(tm
                                       precision="fp32", tta=tta, tta_frames="all")  # fmt: skip
         seen[tta] = result.report["segmentation"]["confidence"]
         assert len(seen[tta]) == 3 and all(0.0 < c <= 1.0 for c in seen[tta])
+        by_structure = result.report["segmentation"]["confidence_by_structure"]
+        assert [min(c.values(), default=1.0) for c in by_structure] == seen[tta]
     assert seen[False] == seen[True]  # the unrotated pass, whether rotations follow or not
     limits = QcLimits(confidence_min=0.9)
     assert confidence_flags([0.95, 0.5, 0.95], 0, 2, limits) == []  # frame 1 is neither ED nor ES
     (flag,) = confidence_flags([0.95, 0.5, 0.85], 0, 2, limits)
     assert flag.code == "low_confidence" and "frame 2 (0.85)" in flag.message
+    # with each structure's confidence, the flag names the unsure ones
+    each = [{"rv": 0.97, "myo": 0.95, "lv": 0.99}, {"rv": 0.5}, {"rv": 0.85, "myo": 0.88, "lv": 0.95}]
+    (flag,) = confidence_flags([0.95, 0.5, 0.85], 0, 2, limits, each)
+    assert "frame 2 (RV cavity, LV myocardium 0.85)" in flag.message and "frame 0" not in flag.message
 
 
 def test_the_weights_own_confidence_limit_decides_low_confidence(tmp_path: Path, small_phantom, tiny_weights_path) -> None:

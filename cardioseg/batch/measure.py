@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +13,7 @@ from cardioseg.clinical import FrameVolumes, cine_rates, clinical_measures, dete
 from cardioseg.errors import ConfigError, QcError
 from cardioseg.io import Volume
 from cardioseg.qc import Flag, QcLimits, study_flags
+from cardioseg.qc.limits import STRUCTURE_NAMES
 
 if TYPE_CHECKING:
     from cardioseg.labels import LabelMap
@@ -40,11 +42,13 @@ def measure_study(
     detected: tuple[int, int] | None = None,
     confidence: list[float] | None = None,
     confidence_min: float | None = None,
+    confidence_by_structure: list[dict[str, float]] | None = None,
 ) -> Measurements:
     """Volumes of every frame, ED/ES, the clinical measures and the QC flags of a segmented study
     (``study.kind`` already FRAME, CINE or PAIR). ``detected``: a cine's ED and ES frames as found
     on a first pass (``predict_cine_key_frames``), used instead of finding them on these masks.
-    ``confidence_min``: the weights' ``low_confidence`` limit (None: ``QcLimits``'). Raises QcError for a flag under ``--strict``."""
+    ``confidence_min``: the weights' ``low_confidence`` limit (None: ``QcLimits``');
+    ``confidence_by_structure``: per frame, each structure's confidence (names the unsure one). Raises QcError for a flag under ``--strict``."""
     height = options.height_cm if options.height_cm is not None else study.height_cm
     weight = options.weight_kg if options.weight_kg is not None else study.weight_kg
     if study.kind is StudyKind.CINE:
@@ -75,7 +79,8 @@ def measure_study(
         flags += tta_agreement_flags(agreement, ed_i, es_i)
     if confidence is not None and len(confidence) == len(per_frame):
         limits = None if confidence_min is None else QcLimits(confidence_min=confidence_min)
-        flags += confidence_flags(confidence, ed_i, es_i, limits)
+        by_structure = confidence_by_structure if confidence_by_structure and len(confidence_by_structure) == len(per_frame) else None
+        flags += confidence_flags(confidence, ed_i, es_i, limits, by_structure)
     if localisation is not None and not localisation.found:
         flags.append(Flag("heart_not_localised", "Stage 1 found no heart (LV cavity and myocardium) on the coarse "
                           "grid, so the whole field of view was segmented: check the masks."))  # fmt: skip
@@ -141,20 +146,33 @@ def check_frame_indices(ed: int | None, es: int | None, n: int) -> None:
             raise ConfigError(f"{name} frame {value} is outside the cine's frames 0..{n - 1}")
 
 
-def _low_key_frames(values: list[float], ed: int | None, es: int | None, limit: float) -> str | None:
+def _low_key_frames(
+    values: list[float], ed: int | None, es: int | None, limit: float, what: Callable[[int], str] | None = None
+) -> str | None:
     """The key frames (ED, ES; every frame of a study without them) whose per-frame value is
-    below ``limit``, as "frame 3 (0.88), ..."; None when there are none."""
+    below ``limit``, as "frame 3 (0.88), ..." (``what(t)``: a prefix inside the brackets, e.g.
+    "RV cavity "); None when there are none."""
     keys = sorted({i for i in (ed, es) if i is not None}) or list(range(len(values)))
-    low = [f"frame {t} ({values[t]:.2f})" for t in keys if values[t] < limit]
+    low = [f"frame {t} ({what(t) if what else ''}{values[t]:.2f})" for t in keys if values[t] < limit]
     return ", ".join(low) if low else None
 
 
-def confidence_flags(confidence: list[float], ed: int | None, es: int | None, limits: QcLimits | None = None) -> list[Flag]:
+def confidence_flags(
+    confidence: list[float], ed: int | None, es: int | None, limits: QcLimits | None = None,
+    by_structure: list[dict[str, float]] | None = None,
+) -> list[Flag]:
     """``low_confidence``: in a key frame one pass of the network is unsure of a structure: its
     soft Dice is below ``QcLimits.confidence_min`` (``confidence``: per frame,
-    :func:`cardioseg.stages.soft_confidence`)."""
+    :func:`cardioseg.stages.soft_confidence`; ``by_structure``: per frame, each structure's, to
+    name the unsure ones)."""
     limits = limits or QcLimits()
-    where = _low_key_frames(confidence, ed, es, limits.confidence_min)
+
+    def unsure(t: int) -> str:  # "RV cavity " for the structures of frame t below the limit
+        assert by_structure is not None
+        names = [STRUCTURE_NAMES.get(k, k) for k, v in by_structure[t].items() if v < limits.confidence_min]
+        return f"{', '.join(names)} " if names else ""
+
+    where = _low_key_frames(confidence, ed, es, limits.confidence_min, unsure if by_structure else None)
     if where is None:
         return []
     return [Flag("low_confidence", f"The network is unsure of a structure in {where}: the soft Dice of its "

@@ -77,6 +77,7 @@ def study_report(
     agreement: list[float] | None = None,
     frame_crops: list[int] | None = None,
     confidence: list[float] | None = None,
+    confidence_by_structure: list[dict[str, float]] | None = None,
 ) -> dict[str, Any]:
     """The JSON report of one measured study (see ``cardioseg.report.build_report``)."""
     return build_report(
@@ -102,7 +103,8 @@ def study_report(
         },
         subject={"height_cm": m.height_cm, "weight_kg": m.weight_kg, "group": study.group},
         warnings=[w for v in volumes for w in v.meta.warnings] + m.warnings,
-        segmentation=segmentation_report(predictor, localisation, agreement, frame_crops, confidence),
+        segmentation=segmentation_report(
+            predictor, localisation, agreement, frame_crops, confidence, confidence_by_structure),
         fingerprint=options.fingerprint,
         extra=m.regional,
         provenance=provenance(volumes, study.kind.value, m.ed_index, m.es_index, options.command),
@@ -115,11 +117,13 @@ def segmentation_report(
     agreement: list[float] | None = None,
     frame_crops: list[int] | None = None,
     confidence: list[float] | None = None,
+    confidence_by_structure: list[dict[str, float]] | None = None,
 ) -> dict[str, Any]:
     """How the masks were made: the crop (0: the full field), the frames segmented again on the
     whole grid because the crop cut the heart (``crop_grown_frames``), test-time rotations (on
     which frames: ``tta_frames``, "key" for a cine's ED and ES only) and how much they agreed per
-    frame, one pass's confidence per frame (``confidence``), the clean-up, stage 1's finding."""
+    frame, one pass's confidence per frame (``confidence``, its least certain structure's) and of each
+    structure (``confidence_by_structure``), the clean-up, stage 1's finding."""
     o = predictor.options
     rotated = ("key" if key_frame_rotations(predictor) else "all") if predictor.tta else None
     out: dict[str, Any] = {
@@ -134,6 +138,8 @@ def segmentation_report(
     if confidence is not None:
         out["confidence"] = [round(c, 4) for c in confidence]
         out["confidence_min"] = predictor.confidence_min
+    if confidence_by_structure is not None:
+        out["confidence_by_structure"] = [{k: round(v, 4) for k, v in c.items()} for c in confidence_by_structure]
     return out
 
 
@@ -220,8 +226,9 @@ def predict_cine_key_frames(
     agreement = [float("nan")] * cine.n_frames
     for t, a in zip(keys, rotated.get("tta_agreement") or []):
         agreement[t] = a
-    if stats is not None and "confidence" in first:  # the unrotated pass: the same for the key frames
-        stats["confidence"] = list(first["confidence"])
+    for key in ("confidence", "confidence_by_structure"):  # the unrotated pass: the same for the key frames
+        if stats is not None and key in first:
+            stats[key] = list(first[key])
     if stats is not None and "crop_px" in first:
         crops = list(first["crop_px"])
         for t, c in zip(keys, rotated.get("crop_px") or []):
@@ -279,16 +286,17 @@ def run_study(
                      for v in volumes]  # fmt: skip
     agreement = stats.get("tta_agreement") or None
     confidence = stats.get("confidence") or None
+    by_structure = stats.get("confidence_by_structure") or None
     m = measure_study(
         study, volumes, masks, predictor.label_map, options, localisation, agreement, detected, confidence,
-        predictor.confidence_min)  # fmt: skip
+        predictor.confidence_min, by_structure)  # fmt: skip
     if options.dicom_seg and (volumes[0].meta.source != "dicom" or study.kind is StudyKind.PAIR):
         m.warnings.append("no DICOM-SEG written (--dicom-seg): the input is not one DICOM series")
     mask_paths = output_paths(study, out_dir)[: len(volumes)]
     seconds = round(time.perf_counter() - t0, 3)
     report = study_report(
         study, volumes, mask_paths, m, predictor, options, seconds, localisation, agreement, stats.get("crop_px"),
-        confidence)  # fmt: skip
+        confidence, by_structure)  # fmt: skip
     written = write_study(study, volumes, masks, m, report, out_dir, options, predictor.label_map)
     return StudyResult(study, written, report)
 
