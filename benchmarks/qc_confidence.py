@@ -41,14 +41,23 @@ def study_scores(pred: Path, studies: list[str]) -> tuple[dict[str, float], dict
 STRUCTURE_DICE = [f"dice_{k}_{ph}" for ph in ("ed", "es") for k in ("rv", "myo", "lv")]
 
 
+STRUCTURE_CONFIDENCE = [f"confidence_{k}_{ph}" for ph in ("ed", "es") for k in ("rv", "myo", "lv")]
+
+
 def frame_columns(report: dict) -> list[str]:
-    """A report's ED and ES confidence and rotations' agreement ("" where it has none)."""
+    """A report's ED and ES confidence and rotations' agreement, then each structure's ED and ES
+    confidence (``STRUCTURE_CONFIDENCE``; "" where it has none)."""
     seg = report["segmentation"]
     out = []
     for key in ("confidence", "tta_agreement"):
         values = seg.get(key) or []
         for i in (report["ed_frame"], report["es_frame"]):
             out.append(f"{values[i]:.4f}" if i is not None and i < len(values) and values[i] is not None else "")
+    each = seg.get("confidence_by_structure") or []
+    for i in (report["ed_frame"], report["es_frame"]):
+        for k in ("rv", "myo", "lv"):
+            value = each[i].get(k) if i is not None and i < len(each) else None
+            out.append(f"{value:.4f}" if value is not None else "")
     return out
 
 
@@ -116,7 +125,8 @@ def main() -> int:
             pred = args.runs / f"pred_{variant}"
             with open(path, "w") as f:  # per frame and structure too: QC rules can be tried on stored scores later
                 f.write(",".join(["study", "fold", "confidence", "worst_dice", "other_flags", "confidence_ed",
-                                  "confidence_es", "tta_agreement_ed", "tta_agreement_es", *STRUCTURE_DICE]) + "\n")  # fmt: skip
+                                  "confidence_es", "tta_agreement_ed", "tta_agreement_es", *STRUCTURE_CONFIDENCE,
+                                  *STRUCTURE_DICE]) + "\n")  # fmt: skip
                 for s in studies:
                     frames = frame_columns(json.loads((pred / f"{s}_report.json").read_text()))
                     row = [s, str(fold[s]), f"{scores[s]:.4f}", f"{dice[s]:.4f}", " ".join(sorted(others[s])), *frames,
