@@ -166,3 +166,32 @@ def test_cv_merge_joins_disjoint_folds_and_refuses_a_study_scored_twice(tmp_path
     _write_csv(tmp_path / "c" / "metrics.csv", [{"study": "patient009", "phase": "ED", "dice": 0.9}])
     with pytest.raises(SystemExit, match="other columns"):
         cv_merge.merge([tmp_path / "a", tmp_path / "c"], tmp_path / "ac")
+
+
+def test_inference_args_name_every_option_and_take_any_crop():
+    assert cv_evaluate.inference_args("e120@crop112,tta") == ["--crop-px", "112", "--tta", "--clean-up", "largest"]
+    assert cv_evaluate.inference_args("cur") == ["--clean-up", "largest", "--crop-px", "0", "--no-tta"]
+    with pytest.raises(SystemExit, match="unknown inference option"):
+        cv_evaluate.inference_args("cur@cropX")
+
+
+def test_qc_structures_judges_each_structure_against_its_usual_uncertainty(tmp_path):
+    qc_structures = _load("qc_structures")
+    base = {f"confidence_{k}_{ph}": "" for ph in ("ed", "es") for k in ("rv", "myo", "lv")}
+
+    def row(study, fold, worst, **conf):
+        return {"study": study, "fold": fold, "worst_dice": worst, **base, **{f"confidence_{k}": v for k, v in conf.items()}}
+
+    # good training studies: myocardium usually 0.10 unsure, LV 0.01; one failure with an unsure LV at ES
+    rows = [row(f"g{i}", 0, 0.9, rv_ed=0.98, myo_ed=0.90, lv_ed=0.99, rv_es=0.98, myo_es=0.90, lv_es=0.99) for i in range(4)]
+    rows.append(row("fail", 0, 0.5, rv_ed=0.98, myo_ed=0.90, lv_ed=0.99, rv_es=0.98, myo_es=0.90, lv_es=0.95))
+    rows.append(row("thin", 1, 0.9, rv_ed=0.98, myo_ed=0.85, lv_ed=0.99, rv_es=0.98, myo_es=0.90, lv_es=0.99))
+    path = tmp_path / "scores.csv"
+    _write_csv(path, rows)
+    read = qc_structures.read_scores([path], 0.70)
+    assert [r["study"] for r in read if r["gross"]] == ["fail"]
+    s = qc_structures.scores(read, [r for r in read if int(r["fold"]) == 0])
+    # the worst confidence ranks the thin myocardium (0.85) below the failure (0.95)...
+    assert s["worst"]["thin"] < s["worst"]["fail"]
+    # ...each structure against its usual value does not: LV 0.05 / 0.01 = 5 x, myocardium 0.15 / 0.10 = 1.5 x
+    assert s["ratio"]["fail"] == pytest.approx(-5.0) and s["ratio"]["thin"] == pytest.approx(-1.5)
