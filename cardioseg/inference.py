@@ -10,9 +10,10 @@ before frames are pooled, so neighbours never cross frames); or whole frames for
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from types import MappingProxyType
 from typing import Any, TypeAlias
 
 import numpy as np
@@ -40,6 +41,7 @@ from cardioseg.stages import (
     crop_centre,
     middle_slices,
     resolve_confidence_min,
+    resolve_confidence_min_by_structure,
     resolve_crop_px,
     resolve_tta,
     soft_confidence_by_label,
@@ -205,6 +207,7 @@ class SegmenterBase:
     crop_px: int = 0  # resolved: 0 (one stage, the whole field) or the crop of stage 2
     tta: bool = False  # resolved: test-time rotations on or off
     confidence_min: float = QcLimits().confidence_min  # resolved: QC's low_confidence limit for these weights
+    confidence_min_by_structure: Mapping[str, float] = MappingProxyType({})  # resolved: its per-structure limits
     _agreement: list[float] | None = None  # per frame, while predict() collects it (Predictor only)
     _confidence: list[dict[int, float]] | None = None  # per frame, one pass's confidence of each structure (by label), while predict() collects it (Predictor only)
     _crops: list[int] | None = None  # per frame, the grid stage 2 used (0: the full field), while predict() collects it
@@ -352,6 +355,7 @@ class Predictor(SegmenterBase):
         self.crop_px = resolve_crop_px(self.options.crop_px, weights)
         self.tta = resolve_tta(self.options.tta, weights)
         self.confidence_min = resolve_confidence_min(weights)
+        self.confidence_min_by_structure = resolve_confidence_min_by_structure(weights)
 
     def locate(self, frame: np.ndarray, affine: np.ndarray) -> Localisation:
         """Stage 1: the network on the middle half of the slices (:func:`middle_slices`) of one

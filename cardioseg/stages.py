@@ -93,6 +93,22 @@ def resolve_confidence_min(weights: LoadedWeights) -> float:
     return float(recommended)
 
 
+def resolve_confidence_min_by_structure(weights: LoadedWeights) -> dict[str, float]:
+    """QC's per-structure ``low_confidence`` limits for these weights,
+    ``meta["inference"]["confidence_min_by_structure"]`` (``{"rv": .., "myo": .., "lv": ..}``, any
+    of them; the others keep :func:`resolve_confidence_min`'s); ``{}`` when none are recorded."""
+    recorded = (weights.meta.get("inference") or {}).get("confidence_min_by_structure")
+    if recorded is None:
+        return {}
+    if not isinstance(recorded, dict) or not all(
+        k in ("rv", "myo", "lv") and not isinstance(v, bool) and isinstance(v, (int, float)) and 0 < v < 1
+        for k, v in recorded.items()
+    ):
+        raise WeightsError(f'"{weights.path}": unusable QC confidence limits per structure {recorded!r} '
+                           '(numbers in (0, 1) for "rv", "myo", "lv" expected)')  # fmt: skip
+    return {k: float(v) for k, v in recorded.items()}
+
+
 def soft_confidence(probs: np.ndarray, frame_slices: Sequence[int]) -> list[float]:
     """Per frame, how sure one pass of the network is of its least certain structure: for each
     structure c (label 1..C-1) in the argmax labels y, the soft Dice of its probabilities p_c

@@ -208,11 +208,47 @@ def test_one_pass_confidence_is_reported_per_frame_with_and_without_rotations(tm
     limits = QcLimits(confidence_min=0.9)
     assert confidence_flags([0.95, 0.5, 0.95], 0, 2, limits) == []  # frame 1 is neither ED nor ES
     (flag,) = confidence_flags([0.95, 0.5, 0.85], 0, 2, limits)
-    assert flag.code == "low_confidence" and "frame 2 (0.85)" in flag.message
+    assert flag.code == "low_confidence" and "frame 2 (0.85 < 0.9)" in flag.message
     # with each structure's confidence, the flag names the unsure ones
     each = [{"rv": 0.97, "myo": 0.95, "lv": 0.99}, {"rv": 0.5}, {"rv": 0.85, "myo": 0.88, "lv": 0.95}]
     (flag,) = confidence_flags([0.95, 0.5, 0.85], 0, 2, limits, each)
-    assert "frame 2 (RV cavity, LV myocardium 0.85)" in flag.message and "frame 0" not in flag.message
+    assert "frame 2 (RV cavity 0.85 < 0.9, LV myocardium 0.88 < 0.9)" in flag.message and "frame 0" not in flag.message
+
+
+def test_a_structure_with_a_limit_of_its_own_is_judged_against_it() -> None:
+    """A thin myocardium is less sure of its border than a large cavity when both are right:
+    ``confidence_min_by_structure`` gives it a lower limit, and the LV cavity a higher one."""
+    from cardioseg.batch.measure import confidence_flags
+    from cardioseg.qc import QcLimits
+
+    limits = QcLimits(confidence_min=0.94, confidence_min_by_structure={"myo": 0.90, "lv": 0.96})
+    thin_myo = [{"rv": 0.97, "myo": 0.92, "lv": 0.99}, {"rv": 0.97, "myo": 0.93, "lv": 0.98}]
+    assert confidence_flags([0.92, 0.93], 0, 1, limits, thin_myo) == []  # under 0.94, above the myocardium's 0.90
+    assert confidence_flags([0.92, 0.93], 0, 1, limits)  # without each structure's value: the one limit
+    unsure_lv = [{"rv": 0.97, "myo": 0.95, "lv": 0.99}, {"rv": 0.95, "myo": 0.95, "lv": 0.955}]
+    (flag,) = confidence_flags([0.95, 0.95], 0, 1, limits, unsure_lv)  # above 0.94, below the cavity's 0.96
+    assert "frame 1 (LV cavity 0.95 < 0.96)" in flag.message and "RV" not in flag.message
+
+
+def test_the_weights_own_limits_per_structure_reach_the_report(tmp_path: Path, small_phantom, tiny_weights_path) -> None:
+    import cardioseg
+    from cardioseg.weights import _inference_text, load_weights, recommend_inference
+
+    frame = save_nifti(tmp_path / "in" / "f.nii.gz", small_phantom.image[..., 0], small_phantom.affine)
+    (plain,) = cardioseg.predict(frame, tmp_path / "plain", weights=tiny_weights_path, device="cpu", precision="fp32")
+    (by_structure,) = plain.report["segmentation"]["confidence_by_structure"]
+    assert "confidence_min_by_structure" not in plain.report["segmentation"]
+    present = sorted(by_structure)
+    assert present  # the tiny network labels something on the phantom
+    stamped = tmp_path / "w.pt"
+    own = {k: min(0.999, by_structure[k] + 0.0005) for k in present[:1]}  # just above that structure's value
+    recommend_inference(tiny_weights_path, 0, False, "a test", out=stamped, confidence_min=0.001,
+                        confidence_min_by_structure=own)  # fmt: skip
+    (result,) = cardioseg.predict(frame, tmp_path / "own", weights=stamped, device="cpu", precision="fp32")
+    seg = result.report["segmentation"]
+    assert seg["confidence_min_by_structure"] == own and seg["confidence_min"] == 0.001
+    assert "low_confidence" in result.report["qc_flags"]  # only that structure's own limit can flag it
+    assert "(" + ", ".join(f"{k} {v:g}" for k, v in own.items()) + ")" in _inference_text(load_weights(stamped))
 
 
 def test_the_weights_own_confidence_limit_decides_low_confidence(tmp_path: Path, small_phantom, tiny_weights_path) -> None:
@@ -240,6 +276,23 @@ def test_the_weights_own_confidence_limit_decides_low_confidence(tmp_path: Path,
         assert report["segmentation"]["confidence"] == plain["segmentation"]["confidence"]  # same network
         assert report["segmentation"]["confidence_min"] == limit
         assert ("low_confidence" in report["qc_flags"]) is flagged, report["qc_flags"]
+
+
+@pytest.mark.parametrize("value", [{"rv": 1.0}, {"lv": 0.0}, {"la": 0.9}, {"myo": "0.9"}, {"myo": True}, [0.9], 0.9])
+def test_unusable_limits_per_structure_in_the_weights_are_refused(value, tiny_weights_path) -> None:
+    from dataclasses import replace
+
+    from cardioseg.errors import WeightsError
+    from cardioseg.stages import resolve_confidence_min_by_structure
+    from cardioseg.weights import load_weights
+
+    weights = load_weights(tiny_weights_path)
+    assert resolve_confidence_min_by_structure(weights) == {}  # none recorded
+    good = replace(weights, meta={**weights.meta, "inference": {"confidence_min_by_structure": {"myo": 0.9}}})
+    assert resolve_confidence_min_by_structure(good) == {"myo": 0.9}
+    bad = replace(weights, meta={**weights.meta, "inference": {"confidence_min_by_structure": value}})
+    with pytest.raises(WeightsError, match="unusable QC confidence limits per structure"):
+        resolve_confidence_min_by_structure(bad)
 
 
 @pytest.mark.parametrize("value", [0.0, 1.0, 1.5, "0.9", True])
@@ -299,7 +352,7 @@ def test_low_confidence_is_on_by_default_and_low_tta_agreement_off() -> None:
     # 0.92: a good study's least certain structure; 0.90: among the cross-validated failures
     assert confidence_flags([0.97, 0.92], 0, 1) == []
     (flag,) = confidence_flags([0.97, 0.90], 0, 1)
-    assert "frame 1 (0.90)" in flag.message
+    assert "frame 1 (0.90 < 0.912)" in flag.message
     assert tta_agreement_flags([0.99, 0.10], 0, 1) == []
     (flag,) = tta_agreement_flags([0.99, 0.91], 0, 1, QcLimits(tta_agreement_min=0.924))
     assert "frame 1 (0.91)" in flag.message and "least consistent structure" in flag.message

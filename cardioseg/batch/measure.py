@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -43,12 +43,14 @@ def measure_study(
     confidence: list[float] | None = None,
     confidence_min: float | None = None,
     confidence_by_structure: list[dict[str, float]] | None = None,
+    confidence_min_by_structure: Mapping[str, float] | None = None,
 ) -> Measurements:
     """Volumes of every frame, ED/ES, the clinical measures and the QC flags of a segmented study
     (``study.kind`` already FRAME, CINE or PAIR). ``detected``: a cine's ED and ES frames as found
     on a first pass (``predict_cine_key_frames``), used instead of finding them on these masks.
     ``confidence_min``: the weights' ``low_confidence`` limit (None: ``QcLimits``');
-    ``confidence_by_structure``: per frame, each structure's confidence (names the unsure one). Raises QcError for a flag under ``--strict``."""
+    ``confidence_by_structure``: per frame, each structure's confidence (names the unsure one),
+    judged against ``confidence_min_by_structure`` where that gives a structure a limit. Raises QcError for a flag under ``--strict``."""
     height = options.height_cm if options.height_cm is not None else study.height_cm
     weight = options.weight_kg if options.weight_kg is not None else study.weight_kg
     if study.kind is StudyKind.CINE:
@@ -78,7 +80,8 @@ def measure_study(
     if agreement is not None and len(agreement) == len(per_frame):
         flags += tta_agreement_flags(agreement, ed_i, es_i)
     if confidence is not None and len(confidence) == len(per_frame):
-        limits = None if confidence_min is None else QcLimits(confidence_min=confidence_min)
+        limits = QcLimits(confidence_min=QcLimits().confidence_min if confidence_min is None else confidence_min,
+                          confidence_min_by_structure=dict(confidence_min_by_structure or {}))  # fmt: skip
         by_structure = confidence_by_structure if confidence_by_structure and len(confidence_by_structure) == len(per_frame) else None
         flags += confidence_flags(confidence, ed_i, es_i, limits, by_structure)
     if localisation is not None and not localisation.found:
@@ -146,14 +149,15 @@ def check_frame_indices(ed: int | None, es: int | None, n: int) -> None:
             raise ConfigError(f"{name} frame {value} is outside the cine's frames 0..{n - 1}")
 
 
-def _low_key_frames(
-    values: list[float], ed: int | None, es: int | None, limit: float, what: Callable[[int], str] | None = None
-) -> str | None:
-    """The key frames (ED, ES; every frame of a study without them) whose per-frame value is
-    below ``limit``, as "frame 3 (0.88), ..." (``what(t)``: a prefix inside the brackets, e.g.
-    "RV cavity "); None when there are none."""
-    keys = sorted({i for i in (ed, es) if i is not None}) or list(range(len(values)))
-    low = [f"frame {t} ({what(t) if what else ''}{values[t]:.2f})" for t in keys if values[t] < limit]
+def _key_frames(ed: int | None, es: int | None, n: int) -> list[int]:
+    """The frames QC judges per frame: ED and ES, or every frame of a study without them."""
+    return sorted({i for i in (ed, es) if i is not None}) or list(range(n))
+
+
+def _low_key_frames(values: list[float], ed: int | None, es: int | None, limit: float) -> str | None:
+    """The key frames whose per-frame value is below ``limit``, as "frame 3 (0.88), ..."; None
+    when there are none."""
+    low = [f"frame {t} ({values[t]:.2f})" for t in _key_frames(ed, es, len(values)) if values[t] < limit]
     return ", ".join(low) if low else None
 
 
@@ -163,20 +167,24 @@ def confidence_flags(
 ) -> list[Flag]:
     """``low_confidence``: in a key frame one pass of the network is unsure of a structure: its
     soft Dice is below ``QcLimits.confidence_min`` (``confidence``: per frame,
-    :func:`cardioseg.stages.soft_confidence`; ``by_structure``: per frame, each structure's, to
-    name the unsure ones)."""
+    :func:`cardioseg.stages.soft_confidence`). With ``by_structure`` (per frame, each structure's)
+    each structure is judged against its own limit where ``QcLimits.confidence_min_by_structure``
+    gives one, and the flag names the unsure structures."""
     limits = limits or QcLimits()
-
-    def unsure(t: int) -> str:  # "RV cavity " for the structures of frame t below the limit
-        assert by_structure is not None
-        names = [STRUCTURE_NAMES.get(k, k) for k, v in by_structure[t].items() if v < limits.confidence_min]
-        return f"{', '.join(names)} " if names else ""
-
-    where = _low_key_frames(confidence, ed, es, limits.confidence_min, unsure if by_structure else None)
-    if where is None:
+    low = []
+    for t in _key_frames(ed, es, len(confidence)):
+        if by_structure is None:
+            if confidence[t] < limits.confidence_min:
+                low.append(f"frame {t} ({confidence[t]:.2f} < {limits.confidence_min:g})")
+            continue
+        own = {k: limits.confidence_min_by_structure.get(k, limits.confidence_min) for k in by_structure[t]}
+        unsure = [f"{STRUCTURE_NAMES.get(k, k)} {v:.2f} < {own[k]:g}" for k, v in by_structure[t].items() if v < own[k]]
+        if unsure:
+            low.append(f"frame {t} ({', '.join(unsure)})")
+    if not low:
         return []
-    return [Flag("low_confidence", f"The network is unsure of a structure in {where}: the soft Dice of its "
-                 f"probabilities against its own mask is below {limits.confidence_min:g}; check the masks.")]  # fmt: skip
+    return [Flag("low_confidence", f"The network is unsure of a structure in {', '.join(low)}: the soft Dice of its "
+                 "probabilities against its own mask is below the limit; check the masks.")]  # fmt: skip
 
 
 def tta_agreement_flags(agreement: list[float], ed: int | None, es: int | None, limits: QcLimits | None = None) -> list[Flag]:

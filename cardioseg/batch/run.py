@@ -140,6 +140,8 @@ def segmentation_report(
         out["confidence_min"] = predictor.confidence_min
     if confidence_by_structure is not None:
         out["confidence_by_structure"] = [{k: round(v, 4) for k, v in c.items()} for c in confidence_by_structure]
+        if predictor.confidence_min_by_structure:
+            out["confidence_min_by_structure"] = dict(predictor.confidence_min_by_structure)
     return out
 
 
@@ -289,7 +291,7 @@ def run_study(
     by_structure = stats.get("confidence_by_structure") or None
     m = measure_study(
         study, volumes, masks, predictor.label_map, options, localisation, agreement, detected, confidence,
-        predictor.confidence_min, by_structure)  # fmt: skip
+        predictor.confidence_min, by_structure, predictor.confidence_min_by_structure)  # fmt: skip
     if options.dicom_seg and (volumes[0].meta.source != "dicom" or study.kind is StudyKind.PAIR):
         m.warnings.append("no DICOM-SEG written (--dicom-seg): the input is not one DICOM series")
     mask_paths = output_paths(study, out_dir)[: len(volumes)]

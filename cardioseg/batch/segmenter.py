@@ -6,7 +6,7 @@ double or another model wrapper. Nothing here imports torch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -43,6 +43,9 @@ class Segmenter(Protocol):
 
     @property
     def confidence_min(self) -> float: ...  # QC's low_confidence limit for these weights
+
+    @property
+    def confidence_min_by_structure(self) -> Mapping[str, float]: ...  # its per-structure limits ({}: none)
 
     @property
     def weights_report(self) -> dict[str, Any]: ...

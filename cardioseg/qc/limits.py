@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 
 STRUCTURE_NAMES = {"lv": "LV cavity", "myo": "LV myocardium", "rv": "RV cavity"}
 
@@ -78,6 +79,10 @@ class QcLimits:
             default) and the other flags: all 7 failures of the 100 flagged, 13 of 93 good
             studies (14 %); held-out folds 2-4: 3 of 3, 11 of 57. Without rotations: 9 of 11,
             11 of 89 (docs/cv100/qc.md, ``benchmarks/qc_confidence.py``).
+        confidence_min_by_structure: a limit of its own for a structure ("rv", "myo", "lv"),
+            replacing ``confidence_min`` for it: a thin myocardium is less certain of its
+            border than a large LV cavity when both are right (weights may record these,
+            ``meta["inference"]["confidence_min_by_structure"]``). Empty: one limit for all.
         tta_agreement_min: ``low_tta_agreement`` when, with test-time rotations, an ED or ES
             frame's least consistent structure has a mean Dice between each rotation's
             segmentation and their combination below this (:func:`cardioseg.stages.tta_agreement`);
@@ -108,4 +113,5 @@ class QcLimits:
     myo_es_ed_ratio_min: float = 0.75
     myo_es_ed_ratio_max: float = 1.7
     confidence_min: float = 0.912
+    confidence_min_by_structure: Mapping[str, float] = field(default_factory=dict)
     tta_agreement_min: float = 0.0

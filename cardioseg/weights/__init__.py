@@ -265,11 +265,13 @@ def export_weights(
 def recommend_inference(
     path: Path, crop_px: int, tta: bool, chosen_by: str, out: Path | None = None, name: str | None = None,
     confidence_min: float | None = None,
+    confidence_min_by_structure: dict[str, float] | None = None,
 ) -> str:
     """Record in a checkpoint how it should run by default (``meta["inference"]``: the two-stage
     crop and test-time rotations ``cardioseg predict`` then uses unless told otherwise) and what
     chose that; ``name``: the registry name it is shipped under; ``confidence_min``: QC's
-    ``low_confidence`` limit for this network (None: ``QcLimits``'). The parameters are unchanged
+    ``low_confidence`` limit for this network (None: ``QcLimits``'), ``confidence_min_by_structure``
+    a limit of its own for any of "rv", "myo", "lv" (None: none). The parameters are unchanged
     (same ``state_sha256``). Writes ``out`` (default: ``path``, replaced atomically) and returns
     its sha256, for ``registry.json``."""
     import torch
@@ -283,6 +285,10 @@ def recommend_inference(
         if not 0 < confidence_min < 1:
             raise ValueError(f"confidence_min {confidence_min!r} is not in (0, 1)")
         ckpt["inference"]["confidence_min"] = float(confidence_min)
+    if confidence_min_by_structure:
+        if not all(k in ("rv", "myo", "lv") and 0 < v < 1 for k, v in confidence_min_by_structure.items()):
+            raise ValueError(f"confidence_min_by_structure {confidence_min_by_structure!r}: numbers in (0, 1) for rv, myo, lv")
+        ckpt["inference"]["confidence_min_by_structure"] = {k: float(v) for k, v in confidence_min_by_structure.items()}
     if name is not None:
         ckpt["name"] = name
     target = Path(out) if out is not None else Path(path)
@@ -294,12 +300,20 @@ def recommend_inference(
 def _inference_text(weights: LoadedWeights) -> str:
     """How ``cardioseg predict`` runs these weights unless told otherwise (``meta["inference"]``,
     read by the resolvers ``predict`` itself uses)."""
-    from cardioseg.stages import resolve_confidence_min, resolve_crop_px, resolve_tta
+    from cardioseg.stages import (
+        resolve_confidence_min,
+        resolve_confidence_min_by_structure,
+        resolve_crop_px,
+        resolve_tta,
+    )
 
     crop = resolve_crop_px(None, weights)
     parts = [f"two stages, {crop}-px crop" if crop else "one stage, whole field",
              "test-time rotations" if resolve_tta(None, weights) else "no rotations",
              f"QC low_confidence below {resolve_confidence_min(weights):g}"]  # fmt: skip
+    own = resolve_confidence_min_by_structure(weights)
+    if own:
+        parts[-1] += " (" + ", ".join(f"{k} {v:g}" for k, v in own.items()) + ")"
     return ", ".join(parts)
 
 
