@@ -183,6 +183,8 @@ def choose(scores: dict[str, float], gross: set[str], rule: str, budget: float) 
         while stop + 1 < len(ordered) - 1 and flagged_good + 1 <= allowed:
             stop += 1
             flagged_good += 1
+    if stop + 1 == len(ordered):  # the surest study is a failure: only flagging every study catches it
+        return ordered[stop][1] + 1e-6
     return (ordered[stop][1] + ordered[stop + 1][1]) / 2
 
 

@@ -87,6 +87,21 @@ def cut_by_crop(labels: np.ndarray, ring_px: int = CROP_EDGE_PX, min_px: int = C
     fg = labels > 0
     inner = int(fg[:, ring_px:-ring_px, ring_px:-ring_px].sum())
     return int(fg.sum()) - inner >= min_px
+
+
+def holds_heart(labels: np.ndarray, label_map: LabelMap, min_px: int = CROP_EDGE_MIN_PX) -> bool:
+    """True when (S, H, W) model-space labels hold at least ``min_px`` pixels of LV cavity or
+    myocardium (all slices together). A crop without them missed the heart: stage 1 took
+    something else for it, and the frame is segmented again on the full field.
+
+    >>> from cardioseg.labels import ACDC
+    >>> labels = np.zeros((2, 16, 16), np.uint8); labels[:, 4:8, 4:8] = ACDC.rv
+    >>> holds_heart(labels, ACDC), holds_heart(np.where(labels, ACDC.myo, 0).astype(np.uint8), ACDC)
+    (False, True)
+    """
+    return int(np.isin(labels, (label_map.lv, label_map.myo)).sum()) >= min_px
+
+
 Frame = tuple[np.ndarray, np.ndarray]
 """One stored 3D frame and its affine."""
 Centre: TypeAlias = "np.ndarray | None"
@@ -456,13 +471,20 @@ class Predictor(SegmenterBase):
     def _grow_if_cut(
         self, frame: np.ndarray, affine: np.ndarray, centre: Centre, space: ModelSpace, probs: np.ndarray, index: int
     ) -> tuple[ModelSpace, np.ndarray]:
-        """Stage 2's (space, probabilities) of a frame, or, when its crop cut the heart, those of
-        the weights' whole grid around the same centre (its confidence and rotations' agreement
-        replacing entry ``index`` of those being collected); records the grid used while
-        ``predict`` collects."""
+        """Stage 2's (space, probabilities) of a frame; when its crop cut the heart, those of the
+        weights' whole grid around the same centre; when the crop holds no heart at all (stage 1
+        took something else for it), those of the full field, as without a crop. The confidence
+        and rotations' agreement of the frame segmented again replace entry ``index`` of those
+        being collected; records the grid used (0: the full field) while ``predict`` collects."""
         crop = self.crop_px if centre is not None and self.crop_px > 0 else 0
-        if 0 < crop < self.config.fov_px and cut_by_crop(probs.argmax(axis=1)):
-            crop = self.config.fov_px
+        labels = probs.argmax(axis=1) if crop > 0 else None
+        again = None
+        if labels is not None and crop < self.config.fov_px and cut_by_crop(labels):
+            again = self.config.fov_px
+        elif labels is not None and not holds_heart(labels, self.label_map):
+            again = 0
+        if again is not None:
+            crop = again
             saved: tuple[list[Any] | None, list[Any] | None] = (self._confidence, self._agreement)
             self._confidence, self._agreement = ([] if s is not None else None for s in saved)
             try:

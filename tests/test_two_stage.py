@@ -64,9 +64,42 @@ def test_no_heart_found_segments_the_full_field_and_is_flagged(tmp_path: Path, s
     assert set(by_structure) <= {"rv", "myo", "lv"} and min(by_structure.values(), default=1.0) == confidence
     assert report["segmentation"] == {"crop_px": 32, "tta": False, "tta_frames": None, "postprocess": "anatomy",
                                       "localisation": {"found": False, "centre_world_mm": None, "heart_area_mm2": 0.0},
-                                      "crop_grown_frames": []}  # fmt: skip
+                                      "crop_grown_frames": [], "crop_missed_frames": []}  # fmt: skip
     a, b = (cardioseg.read_volume(tmp_path / d / "f_seg.nii.gz").data for d in ("crop", "full"))
     np.testing.assert_array_equal(a, b)
+
+
+def test_a_crop_that_holds_no_heart_is_segmented_again_on_the_full_field(tmp_path: Path, small_phantom, tiny_weights_path, monkeypatch) -> None:
+    """Stage 1 took something else for the heart (a real fold model put it 133 mm off on ACDC
+    patient094, and stage 2 labelled nothing): the frame is segmented as without a crop, and
+    QC says so."""
+    import cardioseg
+    from cardioseg.inference import holds_heart
+
+    frame = save_nifti(tmp_path / "in" / "f.nii.gz", small_phantom.image[..., 0], small_phantom.affine)
+    far = tuple(float(c) for c in small_phantom.affine[:3, :3] @ [4, 4, 2] + small_phantom.affine[:3, 3])
+    monkeypatch.setattr(Predictor, "locate", lambda self, frame, affine: Localisation(far, 1000.0))  # type: ignore[arg-type]
+    monkeypatch.setattr("cardioseg.inference.cut_by_crop", lambda labels: False)  # the random network labels everywhere
+    # the random network labels some LV anywhere: on the 32-pixel crop, say it found none
+    monkeypatch.setattr("cardioseg.inference.holds_heart", lambda labels, label_map: labels.shape[-1] != 32)
+    (missed,) = cardioseg.predict(frame, tmp_path / "missed", weights=tiny_weights_path, device="cpu", crop_px=32)
+    full = cardioseg.predict(frame, tmp_path / "full", weights=tiny_weights_path, device="cpu", crop_px=0)
+    a, b = (cardioseg.read_volume(tmp_path / d / "f_seg.nii.gz").data for d in ("missed", "full"))
+    np.testing.assert_array_equal(a, b)
+    seg = missed.report["segmentation"]
+    assert seg["localisation"]["found"] and seg["crop_missed_frames"] == [0] and seg["crop_grown_frames"] == []
+    assert seg["confidence"] == full[0].report["segmentation"]["confidence"]  # that of the full-field pass
+    (flag,) = [f for f in missed.report["qc"] if f["code"] == "heart_not_localised"]
+    assert "the crop around it held none in frame 0" in flag["message"]
+    assert "heart_not_localised" not in full[0].report["qc_flags"]
+    monkeypatch.undo()
+    from cardioseg.labels import ACDC
+
+    labels = np.zeros((3, 32, 32), np.uint8)
+    labels[1, 10:20, 10:20] = ACDC.rv  # an RV alone is no heart
+    assert not holds_heart(labels, ACDC)
+    labels[1, 12:14, 12:17] = ACDC.myo  # ten pixels of myocardium are
+    assert holds_heart(labels, ACDC)
 
 
 def test_a_cine_is_located_once_and_every_frame_is_cropped_around_that_point(small_phantom, tiny_weights, monkeypatch) -> None:

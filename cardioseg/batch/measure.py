@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -44,13 +44,15 @@ def measure_study(
     confidence_min: float | None = None,
     confidence_by_structure: list[dict[str, float]] | None = None,
     confidence_min_by_structure: Mapping[str, float] | None = None,
+    crop_missed: Sequence[int] = (),
 ) -> Measurements:
     """Volumes of every frame, ED/ES, the clinical measures and the QC flags of a segmented study
     (``study.kind`` already FRAME, CINE or PAIR). ``detected``: a cine's ED and ES frames as found
     on a first pass (``predict_cine_key_frames``), used instead of finding them on these masks.
     ``confidence_min``: the weights' ``low_confidence`` limit (None: ``QcLimits``');
     ``confidence_by_structure``: per frame, each structure's confidence (names the unsure one),
-    judged against ``confidence_min_by_structure`` where that gives a structure a limit. Raises QcError for a flag under ``--strict``."""
+    judged against ``confidence_min_by_structure`` where that gives a structure a limit;
+    ``crop_missed``: the frames whose crop around stage 1's centre held no heart. Raises QcError for a flag under ``--strict``."""
     height = options.height_cm if options.height_cm is not None else study.height_cm
     weight = options.weight_kg if options.weight_kg is not None else study.weight_kg
     if study.kind is StudyKind.CINE:
@@ -87,6 +89,11 @@ def measure_study(
     if localisation is not None and not localisation.found:
         flags.append(Flag("heart_not_localised", "Stage 1 found no heart (LV cavity and myocardium) on the coarse "
                           "grid, so the whole field of view was segmented: check the masks."))  # fmt: skip
+    missed = [t for t in _key_frames(ed_i, es_i, len(per_frame)) if t in set(crop_missed)]
+    if missed:
+        flags.append(Flag("heart_not_localised", "Stage 1 put the heart where the crop around it held none in "
+                          f"frame{'s' if len(missed) > 1 else ''} {', '.join(map(str, missed))}, so the whole field of view was segmented there: "
+                          "check the masks."))  # fmt: skip
     if options.strict and flags:
         raise QcError("quality control (--strict): " + " ".join(f.message for f in flags))
     return Measurements(per_frame, ed_i, es_i, measures, flags, height, weight, warnings, regional)

@@ -120,7 +120,8 @@ def segmentation_report(
     confidence_by_structure: list[dict[str, float]] | None = None,
 ) -> dict[str, Any]:
     """How the masks were made: the crop (0: the full field), the frames segmented again on the
-    whole grid because the crop cut the heart (``crop_grown_frames``), test-time rotations (on
+    whole grid because the crop cut the heart (``crop_grown_frames``) and on the full field because
+    the crop around stage 1's centre held no heart (``crop_missed_frames``), test-time rotations (on
     which frames: ``tta_frames``, "key" for a cine's ED and ES only) and how much they agreed per
     frame, one pass's confidence per frame (``confidence``, its least certain structure's) and of each
     structure (``confidence_by_structure``), the clean-up, stage 1's finding."""
@@ -133,6 +134,7 @@ def segmentation_report(
     }  # fmt: skip
     if predictor.crop_px > 0 and frame_crops is not None:
         out["crop_grown_frames"] = [t for t, c in enumerate(frame_crops) if c > predictor.crop_px]
+        out["crop_missed_frames"] = crop_missed_frames(localisation, frame_crops)
     if agreement is not None:  # NaN (null in the file) for the frames a cine did not rotate
         out["tta_agreement"] = [round(a, 4) for a in agreement]
     if confidence is not None:
@@ -143,6 +145,14 @@ def segmentation_report(
         if predictor.confidence_min_by_structure:
             out["confidence_min_by_structure"] = dict(predictor.confidence_min_by_structure)
     return out
+
+
+def crop_missed_frames(localisation: Localisation | None, frame_crops: list[int] | None) -> list[int]:
+    """The frames segmented on the full field although stage 1 found a heart: the crop around its
+    centre held none (``Predictor._grow_if_cut``)."""
+    if localisation is None or not localisation.found or frame_crops is None:
+        return []
+    return [t for t, c in enumerate(frame_crops) if c == 0]
 
 
 def write_study(
@@ -291,7 +301,8 @@ def run_study(
     by_structure = stats.get("confidence_by_structure") or None
     m = measure_study(
         study, volumes, masks, predictor.label_map, options, localisation, agreement, detected, confidence,
-        predictor.confidence_min, by_structure, predictor.confidence_min_by_structure)  # fmt: skip
+        predictor.confidence_min, by_structure, predictor.confidence_min_by_structure,
+        crop_missed_frames(localisation, stats.get("crop_px")))  # fmt: skip
     if options.dicom_seg and (volumes[0].meta.source != "dicom" or study.kind is StudyKind.PAIR):
         m.warnings.append("no DICOM-SEG written (--dicom-seg): the input is not one DICOM series")
     mask_paths = output_paths(study, out_dir)[: len(volumes)]

@@ -31,7 +31,8 @@ Codes (see :class:`QcLimits` for the thresholds and why):
 * ``rv_not_bordering_lv`` - the RV cavity hardly touches the septum (another organ as RV?).
 * ``structure_moved_between_phases`` - the LV or RV centre jumps between ED and ES.
 * ``myocardium_volume_changes`` - the myocardial volume differs too much between ED and ES.
-* ``heart_not_localised`` - (added by the batch) stage 1 of ``--crop-px`` found no heart.
+* ``heart_not_localised`` - (added by the batch) stage 1 of ``--crop-px`` found no heart, or the crop
+  around what it found held none (those frames were segmented on the full field).
 
 Modules: ``limits`` (Flag, QcLimits), ``frames`` (canonical frames, names in messages),
 ``anatomy``, ``consistency``, ``measures``, ``acquisition`` (the checks).
