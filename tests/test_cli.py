@@ -88,7 +88,7 @@ def test_weights_lists_the_registered_models():
     assert f"{DEFAULT_WEIGHTS} (default)" in result.output and "CC BY-NC-SA 4.0" in result.output
     assert "mean Dice" in result.output
     # the default's recorded inference and QC limit (meta["inference"]), unless --crop-px/--tta say otherwise
-    assert "defaults  two stages, 128-px crop, test-time rotations, QC low_confidence below 0.942" in result.output
+    assert "defaults  two stages, 128-px crop, test-time rotations, QC low_confidence below rv 0.931, myo 0.894, lv 0.965" in result.output
 
 
 def test_version():

@@ -281,7 +281,8 @@ def test_the_weights_own_limits_per_structure_reach_the_report(tmp_path: Path, s
     seg = result.report["segmentation"]
     assert seg["confidence_min_by_structure"] == own and seg["confidence_min"] == 0.001
     assert "low_confidence" in result.report["qc_flags"]  # only that structure's own limit can flag it
-    assert "(" + ", ".join(f"{k} {v:g}" for k, v in own.items()) + ")" in _inference_text(load_weights(stamped))
+    text = _inference_text(load_weights(stamped))
+    assert "QC low_confidence below " + ", ".join(f"{k} {v:g}" for k, v in own.items()) + ", else 0.001" in text
 
 
 def test_the_weights_own_confidence_limit_decides_low_confidence(tmp_path: Path, small_phantom, tiny_weights_path) -> None:

@@ -312,8 +312,9 @@ def _inference_text(weights: LoadedWeights) -> str:
              "test-time rotations" if resolve_tta(None, weights) else "no rotations",
              f"QC low_confidence below {resolve_confidence_min(weights):g}"]  # fmt: skip
     own = resolve_confidence_min_by_structure(weights)
-    if own:
-        parts[-1] += " (" + ", ".join(f"{k} {v:g}" for k, v in own.items()) + ")"
+    if own:  # each structure its own limit; the one limit for those without
+        rest = "" if set(own) >= {"rv", "myo", "lv"} else f", else {resolve_confidence_min(weights):g}"
+        parts[-1] = "QC low_confidence below " + ", ".join(f"{k} {v:g}" for k, v in own.items()) + rest
     return ", ".join(parts)
 
 
