@@ -89,7 +89,7 @@ def measure_study(
     if localisation is not None and not localisation.found:
         flags.append(Flag("heart_not_localised", "Stage 1 found no heart (LV cavity and myocardium) on the coarse "
                           "grid, so the whole field of view was segmented: check the masks."))  # fmt: skip
-    missed = [t for t in _key_frames(ed_i, es_i, len(per_frame)) if t in set(crop_missed)]
+    missed = sorted(set(_key_frames(ed_i, es_i, len(per_frame))) & set(crop_missed))
     if missed:
         flags.append(Flag("heart_not_localised", "Stage 1 put the heart where the crop around it held none in "
                           f"frame{'s' if len(missed) > 1 else ''} {', '.join(map(str, missed))}, so the whole field of view was segmented there: "
