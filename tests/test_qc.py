@@ -113,6 +113,7 @@ def test_flag_as_dict_and_limits_defaults():
     assert Flag("x_y", "A sentence.").as_dict() == {"code": "x_y", "message": "A sentence."}
     lim = QcLimits()
     assert (lim.ef_min_pct, lim.ef_max_pct, lim.lv_mass_min_g, lim.lv_mass_max_g) == (5, 85, 30, 400)
+    assert (lim.rv_ef_min_pct, lim.rv_ef_max_pct) == (1, 90)
     assert lim.rv_lv_edv_ratio_max == 4.5 and lim.min_slices == 6 and lim.lv_leak_max_fraction == 0.1
 
 
@@ -186,10 +187,14 @@ def test_lv_touching_rv_counts_as_not_enclosed_and_threshold_applies(cine_labels
 
 
 def test_implausible_ef(cine_labels):
-    flags = cine_flags(cine_labels, measures={"lv_ef_pct": 91.2, "rv_ef_pct": 3.0})
+    flags = cine_flags(cine_labels, measures={"lv_ef_pct": 91.2, "rv_ef_pct": -1.5})
     assert by_code(flags, "lv_ef_implausible").message == "LV EF 91.2 % is outside the plausible 5-85 %."
-    assert by_code(flags, "rv_ef_implausible").message == "RV EF 3.0 % is outside the plausible 5-85 %."
-    assert cine_flags(cine_labels, measures={"lv_ef_pct": 85.0, "rv_ef_pct": 5.0}) == []
+    assert by_code(flags, "rv_ef_implausible").message == "RV EF -1.5 % is outside the plausible 1-90 %."
+    assert cine_flags(cine_labels, measures={"lv_ef_pct": 85.0, "rv_ef_pct": 1.0}) == []
+    # the RV's own range: experts measure RV EFs of 1.9 and 85.9 % in ACDC, the LV's bounds flag them
+    assert cine_flags(cine_labels, measures={"lv_ef_pct": 50.0, "rv_ef_pct": 1.9}) == []
+    assert cine_flags(cine_labels, measures={"lv_ef_pct": 50.0, "rv_ef_pct": 85.9}) == []
+    assert {"lv_ef_implausible", "rv_ef_implausible"} <= set(codes(cine_flags(cine_labels, measures={"lv_ef_pct": 4.0, "rv_ef_pct": 91.0})))
 
 
 @pytest.mark.parametrize("mass", [12.0, 450.0])

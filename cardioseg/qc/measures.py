@@ -17,16 +17,11 @@ def _finite(x: float | None) -> bool:
 
 def measure_flags(measures: dict[str, float | None], ed: FrameVolumes, limits: QcLimits) -> list[Flag]:
     flags = []
-    for side in ("lv", "rv"):
+    ranges = {"lv": (limits.ef_min_pct, limits.ef_max_pct), "rv": (limits.rv_ef_min_pct, limits.rv_ef_max_pct)}
+    for side, (low, high) in ranges.items():
         ef = measures.get(f"{side}_ef_pct")
-        if _finite(ef) and not limits.ef_min_pct <= ef <= limits.ef_max_pct:  # type: ignore[operator]
-            flags.append(
-                Flag(
-                    f"{side}_ef_implausible",
-                    f"{side.upper()} EF {ef:.1f} % is outside the plausible "
-                    f"{limits.ef_min_pct:g}-{limits.ef_max_pct:g} %.",
-                )
-            )
+        if _finite(ef) and not low <= ef <= high:  # type: ignore[operator]
+            flags.append(Flag(f"{side}_ef_implausible", f"{side.upper()} EF {ef:.1f} % is outside the plausible {low:g}-{high:g} %."))
     mass = measures.get("lv_mass_g")
     if _finite(mass) and ed.myo_ml > 0 and not limits.lv_mass_min_g <= mass <= limits.lv_mass_max_g:  # type: ignore[operator]
         flags.append(
