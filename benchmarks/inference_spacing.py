@@ -50,7 +50,9 @@ def main() -> int:
     out = args.out / f"pred_s{args.spacing:g}{'' if args.phase == 'all' else '_' + args.phase}"
     seen = {"frames": 0}
 
-    def to_model(self: Any, frame: np.ndarray, affine: np.ndarray, centre: Any = None, crop_px: int | None = None) -> Any:
+    def to_model(
+        self: Any, frame: np.ndarray, affine: np.ndarray, centre: Any = None, crop_px: int | None = None
+    ) -> Any:
         crop = self.crop_px if crop_px is None else crop_px
         if centre is None or crop <= 0:
             return image_to_model(frame, affine, self.config)

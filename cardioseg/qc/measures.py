@@ -21,7 +21,12 @@ def measure_flags(measures: dict[str, float | None], ed: FrameVolumes, limits: Q
     for side, (low, high) in ranges.items():
         ef = measures.get(f"{side}_ef_pct")
         if _finite(ef) and not low <= ef <= high:  # type: ignore[operator]
-            flags.append(Flag(f"{side}_ef_implausible", f"{side.upper()} EF {ef:.1f} % is outside the plausible {low:g}-{high:g} %."))
+            flags.append(
+                Flag(
+                    f"{side}_ef_implausible",
+                    f"{side.upper()} EF {ef:.1f} % is outside the plausible {low:g}-{high:g} %.",
+                )
+            )
     mass = measures.get("lv_mass_g")
     if _finite(mass) and ed.myo_ml > 0 and not limits.lv_mass_min_g <= mass <= limits.lv_mass_max_g:  # type: ignore[operator]
         flags.append(
