@@ -53,11 +53,11 @@ def largest_component(
     8
     """
     mask = np.asarray(mask, dtype=bool)
-    found = ndimage.find_objects(mask.view(np.uint8))
-    if not found:
+    found = _bounding_box(mask)
+    if found is None:
         return mask.copy()
     radii = _radii(spacing_mm, slice_axis, tolerance_mm)
-    box = _grow(found[0], radii, mask.shape)
+    box = _grow(found, radii, mask.shape)
     out = np.zeros_like(mask)
     out[box] = _largest_in_box(mask[box], radii)
     return out
@@ -120,6 +120,27 @@ def anatomical_clean_up(
     (120, 108)
     """
     labels = np.asarray(labels)
+    radii = _radii(spacing_mm, slice_axis, tolerance_mm)
+    # Every step below works within reach of a labelled voxel, so it runs on the labels'
+    # bounding box grown by that reach (and 1 pixel for the holes): the same result as on the
+    # whole volume, for a fraction of the work on a field of view mostly without heart.
+    box = _bounding_box(labels != 0)
+    out = np.zeros_like(labels)
+    if box is None:
+        return out
+    reach = [0 if a == slice_axis else max(1, round(contact_mm / spacing_mm[a])) + 1 for a in range(3)]
+    box = _grow(box, [r + c for r, c in zip(radii, reach)], labels.shape)
+    out[box] = _heart_components(
+        labels[box], spacing_mm, lv, myo, rv, slice_axis, tolerance_mm, contact_mm, apical_cap_mm2
+    )
+    return out
+
+
+def _heart_components(
+    labels: np.ndarray, spacing_mm: tuple[float, float, float], lv: int, myo: int, rv: int, slice_axis: int,
+    tolerance_mm: float, contact_mm: float, apical_cap_mm2: float | None,
+) -> np.ndarray:
+    """:func:`anatomical_clean_up` on a box that holds every labelled voxel and the reach around it."""
     radii = _radii(spacing_mm, slice_axis, tolerance_mm)
     out = np.zeros_like(labels)
     heart = largest_component(np.isin(labels, (lv, myo)), spacing_mm, slice_axis, tolerance_mm)
@@ -189,7 +210,7 @@ def _fill_holes_in_plane(mask: np.ndarray, slice_axis: int) -> np.ndarray:
     the mask's bounding box grown by one pixel in-plane: background there that reaches the box's
     edge reaches the image's, through the empty ring, so the result is that of whole slices."""
     out = np.array(mask, dtype=bool, copy=True)
-    (box,) = ndimage.find_objects(out.astype(np.uint8)) or [None]
+    box = _bounding_box(out)
     if box is None:
         return out
     box = _grow(box, [0 if a == slice_axis else 1 for a in range(out.ndim)], out.shape)
@@ -208,7 +229,7 @@ def _bordering_component(
     (the largest if none comes that close). The work is done on ``mask``'s bounding box grown by
     the linking radii and the contact reach: the linked components and every wall voxel that
     reaches a voxel of ``mask`` lie in it (see the note below), so the result is exact."""
-    (box,) = ndimage.find_objects(mask.astype(np.uint8)) or [None]
+    box = _bounding_box(mask)
     if box is None:
         return mask.copy()
     reach = [0 if a == slice_axis else max(1, round(contact_mm / spacing_mm[a])) for a in range(3)]
@@ -231,6 +252,18 @@ def _bordering_component(
 # The work happens in a label's bounding box grown by the dilation radii: nothing outside it
 # can be reached, and labelling a box keeps the scan order (the same components, numbered
 # alike), so the result is exactly that of the whole volume.
+
+
+def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """The smallest box holding every nonzero voxel of ``mask`` (None: there is none); that of
+    ``ndimage.find_objects``, from one ``any`` per axis (several times faster on a field of view)."""
+    box = []
+    for axis in range(mask.ndim):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if hits.size == 0:
+            return None
+        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
+    return tuple(box)
 
 
 def _radii(spacing_mm: tuple[float, float, float], slice_axis: int, tolerance_mm: float) -> list[int]:

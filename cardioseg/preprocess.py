@@ -60,8 +60,8 @@ def normalize_intensity(frame: np.ndarray, low_pct: float = 1.0, high_pct: float
     >>> bool(abs(y.mean()) < 1e-5 and abs(y.std() - 1) < 1e-5)
     True
     """
+    lo, hi = percentiles(frame, (low_pct, high_pct))
     data = np.asarray(frame, dtype=np.float32)
-    lo, hi = (float(v) for v in np.percentile(data, [low_pct, high_pct]))
     # one float32 working copy, changed in place (the same arithmetic as out-of-place, fewer
     # 2-MB temporaries; ``frame`` itself is never modified)
     clipped = np.clip(data, np.float32(lo), np.float32(hi), out=None if np.may_share_memory(data, frame) else data)
@@ -71,6 +71,40 @@ def normalize_intensity(frame: np.ndarray, low_pct: float = 1.0, high_pct: float
     clipped -= mean  # float32 - Python float: float32 arithmetic, as ``clipped - mean``
     clipped /= std
     return clipped, (lo - mean) / std
+
+
+def percentiles(frame: np.ndarray, qs: tuple[float, ...]) -> tuple[float, ...]:
+    """``np.percentile(frame as float32, list(qs))`` (linear interpolation; a list, whose values
+    numpy computes in float64, where a scalar q gives float32), exactly; for
+    8- and 16-bit integer voxels (what scanners store) from a histogram instead of a partial
+    sort: the two order statistics around each percentile are read off the cumulative counts
+    and interpolated as numpy does, several times faster on a cine frame.
+
+    >>> x = np.arange(1000, dtype=np.int16).reshape(10, 10, 10) % 97
+    >>> percentiles(x, (1.0, 99.0)) == tuple(float(v) for v in np.percentile(x.astype(np.float32), [1.0, 99.0]))
+    True
+    """
+    a = np.asarray(frame)
+    if a.size == 0 or a.dtype.kind not in "iu" or a.dtype.itemsize > 2:
+        return tuple(float(v) for v in np.percentile(np.asarray(a, dtype=np.float32), list(qs)))
+    flat = a.ravel()
+    low = int(flat.min())
+    counts = np.bincount((flat.astype(np.int32) - low) if low else flat)
+    below = np.cumsum(counts)  # below[v]: voxels with a value <= low + v
+
+    def ranked(k: int) -> float:  # the k-th smallest value (0-based)
+        return float(low + int(np.searchsorted(below, k, side="right")))
+
+    n = flat.size
+    out = []
+    for q in qs:
+        at = (n - 1) * (float(q) / 100.0)  # numpy's linear virtual index
+        k = int(np.floor(at))
+        a_k, b_k = ranked(k), ranked(min(k + 1, n - 1))
+        t = at - k
+        diff = b_k - a_k  # numpy's _lerp, in float64 as numpy computes it for float32 data
+        out.append(b_k - diff * (1.0 - t) if t >= 0.5 else a_k + diff * t)
+    return tuple(out)
 
 
 # ---------------------------------------------------------------------------- distance maps

@@ -396,3 +396,19 @@ def test_tta_averages_the_four_rotations(tiny_weights, cine):
     symmetric = sum(np.rot90(slices, k, axes=(1, 2)) for k in range(4)) / 4
     probs = tta.slice_probabilities(np.ascontiguousarray(symmetric))
     np.testing.assert_allclose(probs, np.rot90(probs, 1, axes=(2, 3)), atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint16, np.uint8, np.int8])
+def test_percentiles_from_the_histogram_equal_numpys(dtype) -> None:
+    """Integer voxels take the histogram path; it must give np.percentile's values to the bit."""
+    from cardioseg.preprocess import percentiles
+
+    rng = np.random.default_rng(7)
+    info = np.iinfo(dtype)
+    for size in (1, 2, 3, 10, 999, 20_000):
+        lo = int(rng.integers(info.min, info.max))
+        x = rng.integers(lo, info.max + 1, size=size).astype(dtype)
+        qs = (0.0, 1.0, 37.3, 50.0, 99.0, 100.0)
+        assert percentiles(x, qs) == tuple(float(v) for v in np.percentile(x.astype(np.float32), list(qs)))
+    floats = rng.normal(size=100).astype(np.float32)  # not integers: numpy itself
+    assert percentiles(floats, (1.0,)) == (float(np.percentile(floats, [1.0])[0]),)

@@ -293,3 +293,28 @@ def test_the_apex_is_told_by_the_smaller_cavity_whatever_the_slice_order():
     spec, labels = _capped_apex(3)
     flipped = labels[..., ::-1]  # apex first: the cap on slice 1
     np.testing.assert_array_equal(anatomical_clean_up(flipped, spec.spacing_mm, lv=3, myo=2, rv=1), flipped)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_anatomical_clean_up_of_a_heart_is_the_same_wherever_it_lies_in_the_field(seed: int) -> None:
+    """The clean-up works on the labels' bounding box: a heart with stray pieces, its holes and
+    a decoy, placed anywhere in a larger field (at its edges too), is cleaned as it is alone."""
+    from scipy import ndimage
+
+    from cardioseg.postprocess import anatomical_clean_up
+
+    rng = np.random.default_rng(seed)
+    _, heart = _phantom_frame()
+    heart = heart.copy()
+    noise = ndimage.binary_opening(rng.random(heart.shape) > 0.93, np.ones((2, 2, 1)))
+    heart[noise] = rng.integers(0, 4, size=int(noise.sum()))  # stray pieces and holes of every label
+    alone = anatomical_clean_up(heart, SPACING, lv=3, myo=2, rv=1)
+    x, y, z = heart.shape
+    for at in [(0, 0), (40, 17), (40, 60)]:  # a corner, inside, the opposite corner
+        field = np.zeros((x + 40, y + 60, z), np.uint8)
+        field[at[0] : at[0] + x, at[1] : at[1] + y] = heart
+        got = anatomical_clean_up(field, SPACING, lv=3, myo=2, rv=1)
+        expected = np.zeros_like(field)
+        expected[at[0] : at[0] + x, at[1] : at[1] + y] = alone
+        np.testing.assert_array_equal(got, expected)
+    assert not anatomical_clean_up(np.zeros((5, 5, 3), np.uint8), SPACING, lv=3, myo=2, rv=1).any()
