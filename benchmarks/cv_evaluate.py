@@ -22,6 +22,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 # a run folder's training checkpoints (the rest of its *.pt is the exported weights)
 CHECKPOINTS = ("last.pt", "best.pt", "shape_ae.pt")
@@ -65,6 +66,37 @@ def fold_weights(run: Path) -> dict[int, Path]:
         if pts:
             out[int(fold_dir.name[4:])] = pts[0]
     return out
+
+
+def predict_held_out(
+    run: Path, data: Path, out: Path, folds: list[int] | None = None, before_patient: Any = None, **options: Any
+) -> tuple[float, int]:
+    """Segment each fold's validation patients with that fold's weights of ``run`` in process
+    (``cardioseg.load_predictor(weights, threads=1, device="cpu", **options)``) into ``out``;
+    resumable (patients with a report are skipped). ``before_patient()`` runs before each one.
+    Returns (seconds, frames) of the patients segmented (two frames each: ACDC's ED and ES)."""
+    import time
+
+    import cardioseg
+
+    t_all, n_frames = 0.0, 0
+    for k, weights in fold_weights(run).items():
+        if folds and k not in folds:
+            continue
+        patients = cardioseg.load_weights(str(weights)).meta["training"]["val_patients"]
+        todo = [p for p in patients if not (out / f"{p}_report.json").is_file()]
+        if not todo:
+            continue
+        predictor = cardioseg.load_predictor(str(weights), threads=1, device="cpu", **options)
+        for p in todo:
+            if before_patient is not None:
+                before_patient()
+            t0 = time.perf_counter()
+            (result,) = cardioseg.predict(data / p, out, predictor=predictor, skip_existing=False)
+            dt = time.perf_counter() - t0
+            t_all, n_frames = t_all + dt, n_frames + 2
+            print(f"fold {k} {p}: {'error ' + result.error if result.error else 'ok'} {dt:.1f} s", flush=True)
+    return t_all, n_frames
 
 
 def variant_weights(runs: Path, variant: str) -> dict[int, list[Path]]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> int:
-    import cardioseg
     from cardioseg import inference
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from cv_evaluate import fold_weights
+    from cv_evaluate import predict_held_out
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", type=Path)
@@ -53,20 +51,7 @@ def main() -> int:
         return np.ascontiguousarray(total / len(turns))
 
     inference.Predictor._probabilities = probabilities  # type: ignore[method-assign]
-    t_all, n_frames = 0.0, 0
-    for k, weights in fold_weights(args.run).items():
-        patients = cardioseg.load_weights(str(weights)).meta["training"]["val_patients"]
-        todo = [p for p in patients if not (out / f"{p}_report.json").is_file()]
-        if not todo:
-            continue
-        predictor = cardioseg.load_predictor(str(weights), threads=1, device="cpu", crop_px=160, tta=False,
-                                             clean_up="anatomy")  # fmt: skip
-        for p in todo:
-            t0 = time.perf_counter()
-            (result,) = cardioseg.predict(args.data / p, out, predictor=predictor, skip_existing=False)
-            dt = time.perf_counter() - t0
-            t_all, n_frames = t_all + dt, n_frames + 2
-            print(f"fold {k} {p}: {'error ' + result.error if result.error else 'ok'} {dt:.1f} s", flush=True)
+    t_all, n_frames = predict_held_out(args.run, args.data, out, crop_px=160, tta=False, clean_up="anatomy")
     if n_frames:
         print(f"{n_frames} frames, {t_all / n_frames:.3f} s per frame (rotations {turns}, 1 thread)")
     return 0
